@@ -1,0 +1,1 @@
+"""isoharness: multi-tenant isolation test harness."""

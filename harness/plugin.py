@@ -1,0 +1,1 @@
+"""isoharness pytest plugin."""
