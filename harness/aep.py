@@ -1,0 +1,136 @@
+"""AEP/1 frames without I/O: build what the client sends, decode what it receives.
+
+Pure functions over text, driven by unit tests with literal frames (the
+websockets sans-I/O style): no sockets here, so the same decoding serves the
+live transport, the recorder and the oracles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+LIFECYCLE: tuple[str, ...] = (
+    "agent_started",
+    "agent_thinking",
+    "tool_executing",
+    "tool_completed",
+    "agent_completed",
+)
+"""AEP/1 §3: the five lifecycle events of a run, in order."""
+
+PHASE: dict[str, int] = {name: index for index, name in enumerate(LIFECYCLE)}
+REPEATABLE = frozenset({"agent_thinking"})
+"""Lifecycle events a run may send more than once (AEP/1 §3: "one or more")."""
+
+EVENT_FIELDS = ("type", "user_id", "tenant_id", "thread_id", "message_id", "run_id", "seq", "data")
+PING = '{"type":"ping"}'
+
+
+def user_message(*, message_id: str, thread_id: str, content: str) -> str:
+    """The text of a ``user_message`` frame (AEP/1 §3, client to server)."""
+    frame = {
+        "type": "user_message",
+        "message_id": message_id,
+        "thread_id": thread_id,
+        "content": content,
+    }
+    return orjson.dumps(frame).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A lifecycle event, every field present and of the right JSON type."""
+
+    type: str
+    user_id: str
+    tenant_id: str
+    thread_id: str
+    message_id: str
+    run_id: str
+    seq: int
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """The answer to a ``ping``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorFrame:
+    """An ``error`` frame: the service rejected something the client sent."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A frame that is not valid AEP/1; ``reason`` says why, for the evidence."""
+
+    reason: str
+    obj: Any = None
+
+
+Frame = Event | Pong | ErrorFrame | Malformed
+
+
+def decode_json(raw: str | bytes) -> tuple[Any, str | None]:
+    """Parse JSON text; return ``(value, None)`` or ``(None, reason)``."""
+    try:
+        return orjson.loads(raw), None
+    except orjson.JSONDecodeError as exc:
+        return None, f"not valid JSON ({exc})"
+
+
+def parse_frame(raw: str | bytes, *, binary: bool = False) -> Frame:
+    """Decode one server-to-client frame.
+
+    Never raises: anything that is not a well-formed AEP/1 frame becomes
+    :class:`Malformed` with the reason, so a target sending garbage is
+    recorded as a protocol error rather than crashing the harness.
+    """
+    if binary:
+        return Malformed("binary frame (AEP/1 §3: all frames are UTF-8 JSON text)")
+    obj, reason = decode_json(raw)
+    if reason is not None:
+        return Malformed(reason)
+    return parse_object(obj)
+
+
+def parse_object(obj: Any) -> Frame:
+    """Classify an already-parsed JSON value (see :func:`parse_frame`)."""
+    if not isinstance(obj, dict):
+        return Malformed(f"a JSON {type(obj).__name__}, not an object", obj)
+    kind = obj.get("type")
+    if kind == "pong":
+        return Pong()
+    if kind == "error":
+        return ErrorFrame(str(obj.get("code", "")), str(obj.get("message", "")))
+    if kind not in PHASE:
+        return Malformed(f"unknown type {kind!r}", obj)
+    missing = [name for name in EVENT_FIELDS if name not in obj]
+    if missing:
+        return Malformed(f"{kind} without {', '.join(missing)}", obj)
+    strings = ("user_id", "tenant_id", "thread_id", "message_id", "run_id")
+    wrong = [name for name in strings if not isinstance(obj[name], str)]
+    seq = obj["seq"]
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        wrong.append("seq")
+    if not isinstance(obj["data"], dict):
+        wrong.append("data")
+    if wrong:
+        return Malformed(f"{kind} with mistyped {', '.join(wrong)}", obj)
+    return Event(
+        type=kind,
+        user_id=obj["user_id"],
+        tenant_id=obj["tenant_id"],
+        thread_id=obj["thread_id"],
+        message_id=obj["message_id"],
+        run_id=obj["run_id"],
+        seq=seq,
+        data=obj["data"],
+    )

@@ -1,0 +1,58 @@
+"""Condition coverage: a clean verdict is only worth the conditions it created.
+
+Each scenario declares the conditions isolation bugs need (overlap, shared
+ids, disconnects mid-run …) and counts how often it created them. A scenario
+that created none of a declared condition proves nothing about it: the run is
+``inconclusive``, never a pass.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Hashable, Iterable, Sequence
+
+CONDITIONS: tuple[str, ...] = (
+    "overlapping_runs",
+    "shared_identifiers",
+    "disconnects_mid_run",
+    "reconnects",
+    "cross_user_probes",
+    "same_path_concurrent_reads",
+)
+"""Every condition a scenario can declare, in report order."""
+
+DESCRIPTIONS: dict[str, str] = {
+    "overlapping_runs": "runs that overlapped another user's run",
+    "shared_identifiers": "thread ids and state keys used by more than one user",
+    "disconnects_mid_run": "disconnects after a message was sent, before its last event",
+    "reconnects": "connections reopened after a disconnect",
+    "cross_user_probes": "reads of another user's resource id judged under positive controls",
+    "same_path_concurrent_reads": "reads of one path by different users at the same moment",
+}
+
+
+def count_overlapping(intervals: Sequence[tuple[Hashable, float, float]]) -> int:
+    """How many ``(owner, start, end)`` intervals overlap an interval of another owner."""
+    ordered = sorted(intervals, key=lambda item: item[1])
+    overlapping = [False] * len(ordered)
+    for i, (owner, start, end) in enumerate(ordered):
+        for j in range(i + 1, len(ordered)):
+            other, other_start, other_end = ordered[j]
+            if other_start >= end:
+                break
+            if other != owner and other_end > start:
+                overlapping[i] = overlapping[j] = True
+    return sum(overlapping)
+
+
+def shared_identifiers(uses: Iterable[tuple[Hashable, str]]) -> int:
+    """How many identifiers appear with more than one owner in ``(owner, id)`` pairs."""
+    owners: dict[str, set[Hashable]] = {}
+    for owner, ident in uses:
+        owners.setdefault(ident, set()).add(owner)
+    return sum(1 for who in owners.values() if len(who) > 1)
+
+
+def missing(declared: Iterable[str], counts: Counter[str]) -> list[str]:
+    """The declared conditions a scenario never created."""
+    return [name for name in declared if counts[name] <= 0]

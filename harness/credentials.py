@@ -1,0 +1,134 @@
+"""Where simulated users get their tokens.
+
+* ``jwt`` — mint HS256 tokens (AEP/1 §1 claims ``sub``, ``tenant``, ``exp``)
+  with the shared secret;
+* ``static`` — a file of pre-issued tokens, one line per simulated user:
+  ``<tenant> <user> <token>`` (blank lines and ``#`` comments ignored), for
+  staging systems that cannot mint;
+* ``hook`` — a custom login call, ``package.module:function``, called with
+  the :class:`~harness.types.UserKey` and returning the token (or an
+  awaitable of it). Use it to log in through your identity provider.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import jwt
+
+from harness.errors import ConfigError, UsageError
+from harness.types import TenantId, UserId, UserKey
+
+
+class Credentials(Protocol):
+    """Gives each simulated user a token."""
+
+    def fixed_users(self) -> list[UserKey] | None:
+        """The users tokens exist for, if the provider decides them (``static``)."""
+        ...
+
+    async def token_for(self, user: UserKey) -> str:
+        """The bearer token for ``user``."""
+        ...
+
+
+class JwtCredentials:
+    """Mints HS256 JWTs with ``sub``, ``tenant`` and ``exp`` claims.
+
+    Args:
+        secret: the signing secret the target verifies with.
+        ttl_s: token lifetime; AEP/1 checks expiry when a connection opens.
+    """
+
+    def __init__(self, secret: str, *, ttl_s: float = 24 * 3600) -> None:
+        self._secret = secret
+        self._ttl = ttl_s
+        self.minted: list[str] = []
+
+    def fixed_users(self) -> list[UserKey] | None:
+        return None
+
+    async def token_for(self, user: UserKey) -> str:
+        return self.mint(user)
+
+    def mint(self, user: UserKey, *, exp: float | None = None) -> str:
+        """A token for ``user`` expiring at ``exp`` (default: now + ttl)."""
+        claims = {
+            "sub": user.user,
+            "tenant": user.tenant,
+            "exp": int(exp if exp is not None else time.time() + self._ttl),
+        }
+        return jwt.encode(claims, self._secret, algorithm="HS256")
+
+
+class StaticCredentials:
+    """Tokens read from a file of ``<tenant> <user> <token>`` lines."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._tokens: dict[UserKey, str] = {}
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError("tokens_file", str(path), "configuration", "a readable file") from exc
+        for number, line in enumerate(lines, 1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            parts = text.split()
+            if len(parts) != 3:
+                raise ConfigError(
+                    "tokens_file",
+                    f"line {number}",
+                    str(path),
+                    "each line must be '<tenant> <user> <token>'",
+                )
+            self._tokens[UserKey(TenantId(parts[0]), UserId(parts[1]))] = parts[2]
+        if len(self._tokens) < 2:
+            raise ConfigError(
+                "tokens_file", str(path), "configuration", "at least two users' tokens"
+            )
+
+    @property
+    def tokens(self) -> list[str]:
+        return list(self._tokens.values())
+
+    def fixed_users(self) -> list[UserKey] | None:
+        return list(self._tokens)
+
+    async def token_for(self, user: UserKey) -> str:
+        try:
+            return self._tokens[user]
+        except KeyError:
+            raise UsageError(f"{self.path} has no token for {user}") from None
+
+
+class HookCredentials:
+    """Tokens from a custom login function, ``package.module:function``."""
+
+    def __init__(self, spec: str) -> None:
+        module_name, _, attr = spec.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+            func = getattr(module, attr)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise ConfigError(
+                "login_hook", spec, "configuration", "an importable 'package.module:function'"
+            ) from exc
+        self._func: Callable[[UserKey], Any] = func
+
+    def fixed_users(self) -> list[UserKey] | None:
+        return None
+
+    async def token_for(self, user: UserKey) -> str:
+        result = self._func(user)
+        if inspect.isawaitable(result):
+            result = await result
+        if not isinstance(result, str) or not result:
+            raise UsageError(f"login_hook returned {type(result).__name__} for {user}, not a token")
+        return result

@@ -1,0 +1,242 @@
+"""What the harness saw, as typed records, streamed to ``events.jsonl``.
+
+Every frame every connection receives becomes a :class:`Received` record with
+the receiving user and connection, a monotonic time (seconds since the run
+started) and the wall time, and the raw text. Records are written to disk as
+they arrive and flushed at least every ``flush_interval_s`` seconds, so a
+killed run keeps what it saw; nothing is kept in memory here.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal, Protocol
+
+import orjson
+
+from harness.aep import Frame
+from harness.types import ConnectionId, ScenarioId, UserKey
+
+RAW_LIMIT = 65536
+"""Characters of a frame kept in ``events.jsonl``; longer frames are truncated."""
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A frame one connection received."""
+
+    scenario: ScenarioId
+    receiver: UserKey
+    connection: ConnectionId
+    mono: float
+    wall: float
+    raw: str
+    frame: Frame
+    binary: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A ``user_message`` a user sent on one of its connections."""
+
+    scenario: ScenarioId
+    sender: UserKey
+    connection: ConnectionId
+    mono: float
+    wall: float
+    message_id: str
+    thread_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A connection was opened (handshake accepted)."""
+
+    scenario: ScenarioId
+    user: UserKey
+    connection: ConnectionId
+    mono: float
+    wall: float
+    reconnect: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """A connection ended. ``runs_in_flight`` counts runs it had started but not seen end."""
+
+    scenario: ScenarioId
+    user: UserKey
+    connection: ConnectionId
+    mono: float
+    wall: float
+    initiator: Literal["client", "server", "error"]
+    code: int | None = None
+    reason: str = ""
+    runs_in_flight: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HttpExchange:
+    """One HTTP request a user made and the answer it got."""
+
+    scenario: ScenarioId
+    user: UserKey
+    method: str
+    path: str
+    status: int
+    body: str
+    mono_start: float
+    mono_end: float
+    wall: float
+    purpose: str = ""
+
+
+Record = Received | Sent | Opened | Closed | HttpExchange
+
+
+class RecordSink(Protocol):
+    """Anything that takes records: the run (which fans out), a list in tests."""
+
+    def record(self, rec: Record) -> None: ...
+
+
+class Clock:
+    """Monotonic seconds since the run started, and wall time."""
+
+    def __init__(self) -> None:
+        self.origin = time.monotonic()
+
+    def mono(self) -> float:
+        return time.monotonic() - self.origin
+
+    @staticmethod
+    def wall() -> float:
+        return time.time()
+
+
+def _clip(text: str) -> dict[str, Any]:
+    if len(text) <= RAW_LIMIT:
+        return {"raw": text}
+    return {"raw": text[:RAW_LIMIT], "truncated_from": len(text)}
+
+
+def to_json(rec: Record) -> dict[str, Any]:
+    """The ``events.jsonl`` form of a record (one JSON object per line)."""
+    if isinstance(rec, Received):
+        line: dict[str, Any] = {"k": "recv", "t": rec.wall, "m": round(rec.mono, 6)}
+        line |= {"scenario": rec.scenario, "user": str(rec.receiver), "conn": rec.connection}
+        line |= _clip(rec.raw)
+        if rec.binary:
+            line["binary"] = True
+        return line
+    if isinstance(rec, Sent):
+        return {
+            "k": "sent",
+            "t": rec.wall,
+            "m": round(rec.mono, 6),
+            "scenario": rec.scenario,
+            "user": str(rec.sender),
+            "conn": rec.connection,
+            "message_id": rec.message_id,
+            "thread_id": rec.thread_id,
+        }
+    if isinstance(rec, Opened):
+        return {
+            "k": "open",
+            "t": rec.wall,
+            "m": round(rec.mono, 6),
+            "scenario": rec.scenario,
+            "user": str(rec.user),
+            "conn": rec.connection,
+            "reconnect": rec.reconnect,
+        }
+    if isinstance(rec, Closed):
+        return {
+            "k": "close",
+            "t": rec.wall,
+            "m": round(rec.mono, 6),
+            "scenario": rec.scenario,
+            "user": str(rec.user),
+            "conn": rec.connection,
+            "initiator": rec.initiator,
+            "code": rec.code,
+            "reason": rec.reason,
+            "runs_in_flight": rec.runs_in_flight,
+        }
+    line = {
+        "k": "http",
+        "t": rec.wall,
+        "m": round(rec.mono_start, 6),
+        "m_end": round(rec.mono_end, 6),
+        "scenario": rec.scenario,
+        "user": str(rec.user),
+        "method": rec.method,
+        "path": rec.path,
+        "status": rec.status,
+        "purpose": rec.purpose,
+    }
+    line |= {"body": _clip(rec.body)["raw"]}
+    return line
+
+
+class EventLog:
+    """Appends records to a JSONL file, flushing at least every ``flush_interval_s``.
+
+    Args:
+        path: the file (created, or appended to).
+        redact: applied to every line before it is written, so no token or
+            secret a service echoes back reaches the disk.
+        flush_interval_s: the most a killed run can lose.
+
+    Thread-safe: xdist-free runs write from one event loop, but the soak's
+    summary writer may flush from another thread.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        redact: Callable[[str], str] | None = None,
+        flush_interval_s: float = 0.2,
+    ) -> None:
+        self.path = path
+        self._file: IO[bytes] | None = path.open("ab")
+        self._redact = redact
+        self._interval = flush_interval_s
+        self._last_flush = time.monotonic()
+        self._lock = threading.Lock()
+        self.lines = 0
+
+    def write(self, rec: Record) -> None:
+        """Append one record."""
+        self.write_obj(to_json(rec))
+
+    def write_obj(self, obj: dict[str, Any]) -> None:
+        """Append one JSON object as a line."""
+        data = orjson.dumps(obj)
+        if self._redact is not None:
+            data = self._redact(data.decode()).encode()
+        with self._lock:
+            if self._file is None:
+                return
+            self._file.write(data + b"\n")
+            self.lines += 1
+            now = time.monotonic()
+            if now - self._last_flush >= self._interval:
+                self._file.flush()
+                self._last_flush = now
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None

@@ -1,0 +1,318 @@
+"""One isolation run: records in, findings, counts, coverage and a summary out.
+
+The :class:`Run` is the :class:`~harness.recording.RecordSink` every
+connection writes to. It writes each record to ``events.jsonl`` and hands it
+to the streaming oracles at once, so a leak is found as it happens and
+memory holds only runs in flight. An exception inside an oracle is a harness
+error that reaches the summary, never a silent pass.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.aep import ErrorFrame, Malformed
+from harness.canary import CanaryBook
+from harness.coverage import CONDITIONS, missing
+from harness.findings import Finding
+from harness.oracles.cross_delivery import CrossDeliveryOracle
+from harness.oracles.lifecycle import LifecycleOracle
+from harness.oracles.shared_state import CrossProbe, ProbeOutcome, check_exchange, judge_cross_probe
+from harness.oracles.witness import clip
+from harness.recording import (
+    Clock,
+    Closed,
+    EventLog,
+    HttpExchange,
+    Opened,
+    Received,
+    Record,
+    Sent,
+)
+from harness.types import ConnectionId, DeliveryPolicy, ScenarioId, UserKey, Verdict
+
+SCHEMA = "isoharness.summary/1"
+MAX_FINDINGS = 2000
+"""Findings kept with full evidence; beyond this only counts grow (bounded memory)."""
+
+EXIT_CODES: dict[Verdict, int] = {
+    Verdict.PASS: 0,
+    Verdict.FAIL: 1,
+    Verdict.ERROR: 3,
+    Verdict.INCONCLUSIVE: 4,
+    Verdict.INTERRUPTED: 130,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What is under test (never with credentials)."""
+
+    base_url: str
+    ws_url: str
+    embedded: bool = False
+    faults: tuple[str, ...] = ()
+    pid: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"url": self.base_url, "ws_url": self.ws_url, "embedded": self.embedded}
+
+
+@dataclass(slots=True)
+class ScenarioResult:
+    """What one scenario instance did and found."""
+
+    id: ScenarioId
+    declared: tuple[str, ...] = ()
+    coverage: Counter[str] = field(default_factory=Counter)
+    violations: int = 0
+    outcome: str = "running"
+    duration_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def missing(self) -> list[str]:
+        return missing(self.declared, self.coverage)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "outcome": self.outcome,
+            "duration_s": round(self.duration_s, 3),
+            "violations": self.violations,
+            "conditions": list(self.declared),
+            "missing_conditions": self.missing,
+            "coverage": {name: self.coverage[name] for name in CONDITIONS},
+            "notes": self.notes,
+        }
+
+
+class Run:
+    """State of one run, shared by every scenario.
+
+    Args:
+        target: what is under test.
+        report_dir: where ``events.jsonl`` (and later the summary) go.
+        seed: the run's seed (in every witness).
+        run_key: the secret canaries are derived from.
+        policy: who may receive another user's events.
+        lifecycle_timeout_s: how long a run may take before it counts as lost.
+        redact: applied to everything written to disk.
+    """
+
+    def __init__(
+        self,
+        *,
+        target: Target,
+        report_dir: Path,
+        seed: int,
+        run_key: bytes,
+        run_id: str,
+        policy: DeliveryPolicy = DeliveryPolicy.OWNER_ONLY,
+        lifecycle_timeout_s: float = 20.0,
+        redact: Callable[[str], str] | None = None,
+    ) -> None:
+        self.target = target
+        self.report_dir = report_dir
+        self.seed = seed
+        self.id = run_id
+        self.tag = run_id[-6:]
+        self.policy = policy
+        self.lifecycle_timeout_s = lifecycle_timeout_s
+        self.clock = Clock()
+        self.started_wall = time.time()
+        self.canaries = CanaryBook(run_key)
+        report_dir.mkdir(parents=True, exist_ok=True)
+        self.log = EventLog(report_dir / "events.jsonl", redact=redact)
+        self._cross = CrossDeliveryOracle(self.canaries, policy=policy, seed=seed)
+        self._lifecycle = LifecycleOracle(timeout_s=lifecycle_timeout_s, seed=seed)
+        self.findings: list[Finding] = []
+        self.finding_counts: Counter[str] = Counter()
+        self.scenarios: dict[ScenarioId, ScenarioResult] = {}
+        self.counts: Counter[str] = Counter()
+        self.users: set[UserKey] = set()
+        self.errors: dict[tuple[str, str], dict[str, Any]] = {}
+        self.probe_outcomes: Counter[str] = Counter()
+        self._records_since_sweep = 0
+        self._connections = 0
+
+    def next_connection_id(self) -> ConnectionId:
+        """A connection id unique within the run (``c1``, ``c2`` …)."""
+        self._connections += 1
+        return ConnectionId(f"c{self._connections}")
+
+    # -- scenarios -----------------------------------------------------------------------------
+
+    def scenario(self, scenario: ScenarioId, declared: Iterable[str] = ()) -> ScenarioResult:
+        """The result record of ``scenario``, created on first use."""
+        result = self.scenarios.get(scenario)
+        if result is None:
+            result = self.scenarios[scenario] = ScenarioResult(scenario, tuple(declared))
+        return result
+
+    def cover(self, scenario: ScenarioId, condition: str, count: int = 1) -> None:
+        """Count ``count`` occurrences of ``condition`` created by ``scenario``."""
+        if condition not in CONDITIONS:
+            raise ValueError(f"unknown condition {condition!r}; known: {', '.join(CONDITIONS)}")
+        self.scenario(scenario).coverage[condition] += count
+
+    # -- records -------------------------------------------------------------------------------
+
+    def record(self, rec: Record) -> None:
+        """Write ``rec`` to ``events.jsonl`` and run the streaming oracles on it."""
+        self.log.write(rec)
+        try:
+            self._observe(rec)
+        except Exception as exc:  # noqa: BLE001 - reported, never swallowed
+            self.error("harness_error", f"an oracle failed: {exc!r}", traceback.format_exc())
+
+    def _observe(self, rec: Record) -> None:
+        if isinstance(rec, Received):
+            self.counts["events_received"] += 1
+            self.add_findings(self._cross.check(rec))
+            self.add_findings(self._lifecycle.on_received(rec))
+            frame = rec.frame
+            if isinstance(frame, Malformed):
+                self.error("protocol_error", frame.reason, clip(rec.raw, 512))
+            elif isinstance(frame, ErrorFrame):
+                self.error("target_rejected_frame", f"{frame.code}: {frame.message}"[:200])
+        elif isinstance(rec, Sent):
+            self.counts["messages_sent"] += 1
+            self._lifecycle.on_sent(rec)
+        elif isinstance(rec, Opened):
+            self.counts["connections"] += 1
+            if rec.user not in self.users:
+                self.users.add(rec.user)
+        elif isinstance(rec, Closed):
+            self.add_findings(self._lifecycle.on_closed(rec))
+            if rec.initiator != "client":
+                code = "" if rec.code is None else f" (code {rec.code})"
+                self.error("connection_closed_by_target", f"{rec.initiator}{code}: {rec.reason}")
+        elif isinstance(rec, HttpExchange):
+            self.counts["http_probes"] += 1
+            if rec.status >= 500:
+                self.error(
+                    "http_5xx", f"{rec.method} {rec.path.split('/')[1]} answered {rec.status}"
+                )
+            if rec.purpose != "cross_read":
+                self.add_findings(
+                    check_exchange(rec, self.canaries, policy=self.policy, seed=self.seed)
+                )
+        self._records_since_sweep += 1
+        if self._records_since_sweep >= 500:
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Judge runs that have settled or timed out."""
+        self._records_since_sweep = 0
+        self.add_findings(self._lifecycle.sweep(self.clock.mono()))
+
+    def judge_connection(self, connection: ConnectionId) -> None:
+        """Judge the runs of a connection that is still open (before the harness closes it)."""
+        self.add_findings(self._lifecycle.finish_connection(connection, self.clock.mono()))
+
+    def finish_lifecycles(self) -> None:
+        """Judge every run still tracked (end of a scenario: connections are closed)."""
+        self.add_findings(self._lifecycle.finish(self.clock.mono()))
+
+    @property
+    def runs_cut(self) -> int:
+        return self._lifecycle.cut
+
+    def judge_probe(self, probe: CrossProbe) -> ProbeOutcome:
+        """Judge one cross-user read and record its outcome."""
+        outcome, reason, finding = judge_cross_probe(probe, policy=self.policy, seed=self.seed)
+        self.probe_outcomes[str(outcome)] += 1
+        if finding is not None:
+            self.add_findings([finding])
+        if outcome is ProbeOutcome.INCONCLUSIVE:
+            self.scenario(probe.scenario).notes.append(f"inconclusive probe: {reason}")
+            del self.scenario(probe.scenario).notes[:-20]
+        else:
+            self.cover(probe.scenario, "cross_user_probes")
+        return outcome
+
+    # -- findings and errors -------------------------------------------------------------------
+
+    def add_findings(self, findings: Iterable[Finding]) -> None:
+        for finding in findings:
+            self.finding_counts[str(finding.kind)] += 1
+            self.scenario(finding.scenario).violations += 1
+            if len(self.findings) < MAX_FINDINGS:
+                self.findings.append(finding)
+
+    def findings_of(self, scenario: ScenarioId) -> list[Finding]:
+        return [f for f in self.findings if f.scenario == scenario]
+
+    def error(self, kind: str, detail: str, example: str | None = None) -> None:
+        """Count an error (a target fault or a harness failure, not a violation)."""
+        key = (kind, detail)
+        entry = self.errors.get(key)
+        if entry is None:
+            if len(self.errors) >= 500:
+                key = (kind, "other errors of this kind")
+                entry = self.errors.setdefault(key, {"kind": kind, "detail": key[1], "count": 0})
+            else:
+                entry = self.errors[key] = {"kind": kind, "detail": detail, "count": 0}
+                if example is not None:
+                    entry["example"] = example
+        entry["count"] += 1
+
+    # -- verdict and summary ---------------------------------------------------------------------
+
+    def verdict(self, *, interrupted: bool = False, target_unusable: bool = False) -> Verdict:
+        """``fail`` on any violation, then ``interrupted``/``error``, then coverage."""
+        if self.finding_counts:
+            return Verdict.FAIL
+        if interrupted:
+            return Verdict.INTERRUPTED
+        if target_unusable or any(r.outcome == "error" for r in self.scenarios.values()):
+            return Verdict.ERROR
+        if not self.scenarios or any(r.missing for r in self.scenarios.values()):
+            return Verdict.INCONCLUSIVE
+        return Verdict.PASS
+
+    def summary(self, verdict: Verdict, *, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The ``summary.json`` document (schema ``isoharness.summary/1``)."""
+        coverage: Counter[str] = Counter()
+        for result in self.scenarios.values():
+            coverage.update(result.coverage)
+        doc: dict[str, Any] = {
+            "schema": SCHEMA,
+            "verdict": str(verdict),
+            "exit_code": EXIT_CODES[verdict],
+            "run": {
+                "id": self.id,
+                "seed": self.seed,
+                "policy": str(self.policy),
+                "started_at": self.started_wall,
+                "duration_s": round(self.clock.mono(), 3),
+            },
+            "target": self.target.to_json(),
+            "counts": {
+                "users": len(self.users),
+                "connections": self.counts["connections"],
+                "messages_sent": self.counts["messages_sent"],
+                "events_received": self.counts["events_received"],
+                "http_probes": self.counts["http_probes"],
+                "runs_cut_by_disconnect": self.runs_cut,
+            },
+            "coverage": {name: coverage[name] for name in CONDITIONS},
+            "probes": dict(self.probe_outcomes),
+            "violation_counts": dict(self.finding_counts),
+            "violations": [f.to_json() for f in self.findings],
+            "errors": list(self.errors.values()),
+            "scenarios": [r.to_json() for r in self.scenarios.values()],
+        }
+        if extra:
+            doc |= extra
+        return doc
+
+    def close(self) -> None:
+        self.log.close()

@@ -1,0 +1,100 @@
+"""The transport interface: a message channel, a way to open one, an HTTP client."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from harness.errors import HarnessError
+
+
+class ChannelClosed(HarnessError):
+    """The channel is closed; ``initiator`` says who closed it.
+
+    Attributes:
+        code: the WebSocket close code, if there was a close frame.
+        reason: the close reason, or what broke the connection.
+        initiator: ``client`` (we closed it), ``server`` (a close frame from
+            the target) or ``error`` (reset, protocol error, no close frame).
+    """
+
+    def __init__(
+        self, code: int | None, reason: str, initiator: Literal["client", "server", "error"]
+    ) -> None:
+        self.code = code
+        self.reason = reason
+        self.initiator: Literal["client", "server", "error"] = initiator
+        super().__init__(code, reason, initiator)
+
+    def __str__(self) -> str:
+        return f"connection closed by {self.initiator} (code {self.code}): {self.reason}"
+
+
+class Channel(Protocol):
+    """One open message connection (a WebSocket)."""
+
+    async def send(self, text: str) -> None:
+        """Send one text frame; raises :class:`ChannelClosed` if closed."""
+
+    async def recv(self) -> tuple[str, bool]:
+        """The next frame as ``(text, binary)``; raises :class:`ChannelClosed` at the end.
+
+        Binary frames are returned decoded as UTF-8 with replacement, flagged
+        ``binary=True``, so the recorder can keep them as text.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Close with a close handshake (code 1000)."""
+
+    async def abort(self) -> None:
+        """Drop the connection at once, as a killed browser tab does."""
+
+
+class Connector(Protocol):
+    """Opens channels to the target."""
+
+    async def connect(self, url: str, *, token: str, token_in_query: bool = False) -> Channel:
+        """Open a channel authenticated by ``token``.
+
+        Raises:
+            AuthRefused: the handshake was refused with 401/403.
+            TargetUnreachable: no connection could be made.
+            TargetError: the handshake failed otherwise.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    status: int
+    text: str
+
+
+class HttpClient(Protocol):
+    """Makes HTTP requests to the target."""
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        token: str | None = None,
+        json_body: Any = None,
+        timeout_s: float = 10.0,
+    ) -> HttpResponse:
+        """Send one request; raises ``TargetUnreachable``/``TargetError`` on failure."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def make_ssl_context(*, ca_bundle: Path | None, insecure: bool) -> ssl.SSLContext:
+    """TLS settings for https/wss targets: verification on unless ``insecure``."""
+    context = ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else None)
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context

@@ -1,0 +1,254 @@
+"""Simulated users: deterministic identities, canary-carrying messages, live connections.
+
+A simulated user is an ordinary object with awaited methods. Everything
+random about it (its faker identity, its locale, the jitter of its schedule)
+comes from the run's seed, so a violation's witness names a seed that
+reproduces the schedule. Its canary comes from the run key and is not
+guessable by the target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import zlib
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Literal
+
+from faker import Faker
+
+from harness.aep import Event, parse_frame, user_message
+from harness.recording import Clock, Closed, Opened, Received, RecordSink, Sent
+from harness.transport.base import Channel, ChannelClosed
+from harness.types import ConnectionId, ScenarioId, TenantId, UserId, UserKey
+
+LOCALES = ("en_US", "de_DE", "fr_FR", "ja_JP", "pt_BR", "es_ES", "it_IT", "pl_PL")
+
+
+@cache
+def _faker(locale: str) -> Faker:
+    return Faker(locale)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a simulated user pretends to be (reproducible from the seed)."""
+
+    key: UserKey
+    name: str
+    email: str
+    locale: str
+
+
+def scenario_tag(scenario: str) -> str:
+    """A short stable tag for a scenario id, used in user ids (``s04f2a1``)."""
+    return f"s{zlib.crc32(scenario.encode()) & 0xFFFFFF:06x}"
+
+
+def plan_users(*, count: int, tenants: int, run_tag: str, namespace: str) -> list[UserKey]:
+    """The users of one scenario: ``count`` users spread round-robin over ``tenants``.
+
+    Within every tenant the subs are ``<namespace>u0``, ``<namespace>u1`` …,
+    so the same sub exists in several tenants: AEP/1 §1 makes those different
+    users, and a service that keys by sub alone is caught.
+    """
+    return [
+        UserKey(
+            TenantId(f"{run_tag}-t{index % tenants}"), UserId(f"{namespace}u{index // tenants}")
+        )
+        for index in range(count)
+    ]
+
+
+def make_identity(key: UserKey, *, seed: int) -> Identity:
+    """A faker identity for ``key``, the same for the same seed."""
+    rng = random.Random(f"{seed}:{key}")
+    locale = rng.choice(LOCALES)
+    fake = _faker(locale)
+    fake.seed_instance(rng.getrandbits(32))
+    return Identity(key=key, name=fake.name(), email=fake.email(), locale=locale)
+
+
+class SimUser:
+    """One simulated user.
+
+    Args:
+        identity: who it is.
+        token: its bearer token (never logged).
+        canary: its canary; every message id, content, state value and
+            thread id it writes carries it.
+        rng: its own random source, seeded from the run's seed.
+    """
+
+    def __init__(self, identity: Identity, *, token: str, canary: str, rng: random.Random) -> None:
+        self.identity = identity
+        self.key = identity.key
+        self.token = token
+        self.canary = canary
+        self.rng = rng
+        self._messages = 0
+
+    def next_message(self, thread_id: str) -> tuple[str, str]:
+        """A new ``(message_id, content)``; both carry the canary."""
+        self._messages += 1
+        n = self._messages
+        message_id = f"{self.canary}-m{n}"
+        content = f"{self.canary} note {n} from {self.identity.name} about {thread_id}"
+        return message_id, content
+
+    def private_id(self, label: str) -> str:
+        """An id (thread id, state key) that only this user uses."""
+        return f"{label}-{self.canary}"
+
+    def __repr__(self) -> str:
+        return f"SimUser({self.key})"
+
+
+@dataclass(slots=True)
+class PendingRun:
+    """A message sent and the end of its run, as seen on the sending connection."""
+
+    message_id: str
+    thread_id: str
+    sent_mono: float
+    done: asyncio.Future[Literal["completed", "cut"]]
+    first_event: asyncio.Event = field(default_factory=asyncio.Event)
+    ended_mono: float | None = None
+
+
+class UserConnection:
+    """One open connection of a user, with a reader that records every frame.
+
+    Args:
+        user: the owner.
+        channel: the open transport channel.
+        connection_id: unique within the run.
+        scenario: the scenario it belongs to.
+        sink: where records go (the run, which writes and checks them).
+        clock: the run's clock.
+    """
+
+    def __init__(
+        self,
+        user: SimUser,
+        channel: Channel,
+        *,
+        connection_id: ConnectionId,
+        scenario: ScenarioId,
+        sink: RecordSink,
+        clock: Clock,
+        reconnect: bool = False,
+    ) -> None:
+        self.user = user
+        self.id = connection_id
+        self._channel = channel
+        self._scenario = scenario
+        self._sink = sink
+        self._clock = clock
+        self._pending: dict[str, PendingRun] = {}
+        self.closed: Closed | None = None
+        sink.record(
+            Opened(scenario, user.key, connection_id, clock.mono(), clock.wall(), reconnect)
+        )
+        self._reader = asyncio.create_task(self._read(), name=f"reader-{connection_id}")
+
+    @property
+    def in_flight(self) -> int:
+        """Runs this connection started whose end it has not seen."""
+        return sum(1 for run in self._pending.values() if not run.done.done())
+
+    async def send_message(self, thread_id: str) -> PendingRun:
+        """Send a canary-carrying ``user_message`` in ``thread_id``."""
+        message_id, content = self.user.next_message(thread_id)
+        loop = asyncio.get_running_loop()
+        now = self._clock.mono()
+        run = PendingRun(message_id, thread_id, now, loop.create_future())
+        self._pending[message_id] = run
+        self._sink.record(
+            Sent(
+                self._scenario,
+                self.user.key,
+                self.id,
+                now,
+                self._clock.wall(),
+                message_id,
+                thread_id,
+            )
+        )
+        await self._channel.send(
+            user_message(message_id=message_id, thread_id=thread_id, content=content)
+        )
+        return run
+
+    async def _read(self) -> None:
+        user, sink, clock = self.user.key, self._sink, self._clock
+        try:
+            while True:
+                text, binary = await self._channel.recv()
+                frame = parse_frame(text, binary=binary)
+                mono = clock.mono()
+                sink.record(
+                    Received(self._scenario, user, self.id, mono, clock.wall(), text, frame, binary)
+                )
+                if isinstance(frame, Event):
+                    run = self._pending.get(frame.message_id)
+                    if run is not None:
+                        run.first_event.set()
+                        if frame.type == "agent_completed" and not run.done.done():
+                            run.ended_mono = mono
+                            run.done.set_result("completed")
+        except ChannelClosed as exc:
+            self._finish(exc.initiator, exc.code, exc.reason)
+        except Exception as exc:  # noqa: BLE001 - a transport bug must not kill the run
+            self._finish("error", None, f"{type(exc).__name__}: {exc}")
+
+    def _finish(
+        self, initiator: Literal["client", "server", "error"], code: int | None, reason: str
+    ) -> None:
+        if self.closed is not None:
+            return
+        mono = self._clock.mono()
+        cut = 0
+        for run in self._pending.values():
+            if not run.done.done():
+                cut += 1
+                run.ended_mono = mono
+                run.done.set_result("cut")
+                run.first_event.set()
+        self.closed = Closed(
+            self._scenario,
+            self.user.key,
+            self.id,
+            mono,
+            self._clock.wall(),
+            initiator,
+            code,
+            reason,
+            cut,
+        )
+        self._sink.record(self.closed)
+
+    async def wait_runs(self, timeout_s: float) -> None:
+        """Wait until every run this connection started has ended, or ``timeout_s``."""
+        pending = [run.done for run in self._pending.values() if not run.done.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_s)
+
+    async def close(self, *, abrupt: bool = False) -> None:
+        """Close (or, ``abrupt``, drop) the connection and record it, once."""
+        if self.closed is None:
+            try:
+                await (self._channel.abort() if abrupt else self._channel.close())
+            except Exception:  # noqa: BLE001, S110 - closing a broken connection
+                pass
+            self._finish("client", None if abrupt else 1000, "aborted" if abrupt else "closed")
+        self._reader.cancel()
+        try:
+            await self._reader
+        except asyncio.CancelledError:
+            pass
+
+    def forget(self, message_id: str) -> None:
+        """Drop a run from the pending table (its end was seen and handled)."""
+        self._pending.pop(message_id, None)

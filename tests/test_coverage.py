@@ -1,0 +1,28 @@
+"""Condition coverage arithmetic."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from harness.coverage import count_overlapping, missing, shared_identifiers
+
+
+def test_overlap_counts_only_runs_of_different_owners():
+    assert count_overlapping([("a", 0, 2), ("a", 1, 3)]) == 0
+    assert count_overlapping([("a", 0, 2), ("b", 1, 3), ("c", 5, 6)]) == 2
+    assert count_overlapping([("a", 0, 1), ("b", 1, 2)]) == 0  # touching is not overlapping
+
+
+def test_long_run_overlaps_many_short_ones():
+    spans = [("a", 0, 100)] + [("b", float(i), i + 0.5) for i in range(10)]
+    assert count_overlapping(spans) == 11
+
+
+def test_shared_identifiers_need_two_owners():
+    assert shared_identifiers([("a", "main"), ("b", "main"), ("a", "x"), ("a", "x")]) == 1
+
+
+def test_missing_conditions():
+    assert missing(["reconnects", "overlapping_runs"], Counter(overlapping_runs=3)) == [
+        "reconnects"
+    ]

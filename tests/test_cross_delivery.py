@@ -1,0 +1,83 @@
+"""cross_delivery: any frame carrying another user's data is a violation, however disguised."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from harness.oracles.cross_delivery import CrossDeliveryOracle
+from harness.types import DeliveryPolicy, ViolationKind
+from tests.builders import ALICE, BOB, EVE, book, event, lifecycle, received
+
+
+@pytest.fixture
+def oracle() -> CrossDeliveryOracle:
+    return CrossDeliveryOracle(book(), policy=DeliveryPolicy.OWNER_ONLY, seed=7)
+
+
+def test_a_users_own_events_are_clean(oracle):
+    canary = book().canary_for(ALICE)
+    for obj in lifecycle(ALICE, f"{canary}-m1", f"{canary} hello"):
+        assert oracle.check(received(ALICE, obj)) == []
+
+
+def test_an_event_tagged_with_another_user_is_a_violation(oracle):
+    [finding] = oracle.check(received(BOB, event(ALICE, "m1", "agent_started", 1)))
+    assert finding.kind is ViolationKind.CROSS_DELIVERY
+    assert (finding.victim, finding.owner) == (BOB, ALICE)
+    assert finding.crosses_tenant is False
+    assert finding.evidence["signal"] == "owner tags"
+    assert finding.evidence["seed"] == 7
+
+
+def test_a_leak_whose_tags_were_rewritten_to_the_recipient_is_found_by_canary(oracle):
+    alice = book().canary_for(ALICE)
+    leaked = event(BOB, f"{alice}-m3", "tool_completed", 4, data={"output": f"{alice} secret"})
+    [finding] = oracle.check(received(BOB, leaked))
+    assert finding.owner == ALICE
+    assert finding.evidence["signal"] == "canary"
+    assert finding.evidence["field"] == "message_id"
+    assert alice in finding.evidence["raw"]
+
+
+def test_a_foreign_history_entry_is_found(oracle):
+    alice, bob = book().canary_for(ALICE), book().canary_for(BOB)
+    obj = event(
+        BOB, f"{bob}-m1", "agent_completed", 5, data={"history": [f"{alice}-m1", f"{bob}-m1"]}
+    )
+    [finding] = oracle.check(received(BOB, obj))
+    assert finding.owner == ALICE
+    assert finding.evidence["field"] == "data.history[0]"
+
+
+def test_a_canary_in_an_unknown_field_or_non_json_frame_is_found(oracle):
+    alice = book().canary_for(ALICE)
+    [in_unknown] = oracle.check(received(BOB, {"type": "debug", "blob": {"x": [f"..{alice}.."]}}))
+    assert in_unknown.evidence["field"] == "blob.x[0]"
+    [in_garbage] = oracle.check(received(BOB, None, raw=f"<html>{alice}</html>"))
+    assert in_garbage.owner == ALICE
+
+
+def test_the_same_sub_in_another_tenant_is_another_user(oracle):
+    [finding] = oracle.check(received(ALICE, event(EVE, "m1", "agent_started", 1)))
+    assert finding.owner == EVE
+    assert finding.crosses_tenant is True
+
+
+def test_same_tenant_policy_allows_team_members_but_not_other_tenants():
+    oracle = CrossDeliveryOracle(book(), policy=DeliveryPolicy.SAME_TENANT, seed=0)
+    assert oracle.check(received(BOB, event(ALICE, "m1", "agent_started", 1))) == []
+    [finding] = oracle.check(received(BOB, event(EVE, "m1", "agent_started", 1)))
+    assert finding.crosses_tenant is True
+
+
+def test_one_finding_per_foreign_owner_in_a_frame(oracle):
+    alice, eve = book().canary_for(ALICE), book().canary_for(EVE)
+    obj = event(ALICE, f"{alice}-m1", "agent_thinking", 2, data={"thought": f"{alice} {eve}"})
+    findings = oracle.check(received(BOB, obj))
+    assert {f.owner for f in findings} == {ALICE, EVE}
+
+
+def test_unknown_canary_shaped_strings_are_not_violations(oracle):
+    obj = {"type": "pong", "note": "iso" + "a" * 16}
+    assert oracle.check(received(BOB, obj, raw=orjson.dumps(obj).decode())) == []

@@ -1,0 +1,129 @@
+"""Completeness: each run yields its lifecycle exactly once, in order, while its connection is open."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.oracles.lifecycle import LifecycleOracle
+from harness.types import ViolationKind
+from tests.builders import ALICE, closed, event, lifecycle, received, sent
+
+
+@pytest.fixture
+def oracle() -> LifecycleOracle:
+    return LifecycleOracle(timeout_s=10.0, settle_s=0.0)
+
+
+def feed(oracle: LifecycleOracle, objs, conn: str = "c1") -> list:
+    findings = []
+    for obj in objs:
+        findings += oracle.on_received(received(ALICE, obj, conn=conn))
+    return findings
+
+
+def kinds(findings) -> list[ViolationKind]:
+    return [f.kind for f in findings]
+
+
+def test_a_complete_run_is_clean(oracle):
+    oracle.on_sent(sent(ALICE, "m1"))
+    assert feed(oracle, lifecycle(ALICE, "m1", "hi")) == []
+    assert oracle.finish(now=50.0) == []
+    assert oracle.completed == 1
+
+
+def test_interleaved_overlapping_runs_are_clean(oracle):
+    oracle.on_sent(sent(ALICE, "m1"))
+    oracle.on_sent(sent(ALICE, "m2"))
+    a, b = lifecycle(ALICE, "m1", "x"), lifecycle(ALICE, "m2", "y")
+    for obj in b:
+        obj["run_id"] = "r2"
+    interleaved = [e for pair in zip(a, b, strict=True) for e in pair]
+    assert feed(oracle, interleaved) == []
+    assert oracle.finish(now=50.0) == []
+
+
+def test_several_thinking_events_are_fine(oracle):
+    oracle.on_sent(sent(ALICE, "m1"))
+    run = lifecycle(ALICE, "m1", "x")
+    extra = event(ALICE, "m1", "agent_thinking", 3)
+    for later in run[2:]:
+        later["seq"] += 1
+    assert feed(oracle, [run[0], run[1], extra, *run[2:]]) == []
+    assert oracle.finish(now=50.0) == []
+
+
+def test_a_missing_middle_event_is_lost(oracle):
+    oracle.on_sent(sent(ALICE, "m1"))
+    run = lifecycle(ALICE, "m1", "x")
+    del run[3]  # tool_completed
+    assert feed(oracle, run) == []
+    [finding] = oracle.finish(now=50.0)
+    assert finding.kind is ViolationKind.LOST_EVENT
+    assert "tool_completed" in finding.detail
+
+
+def test_a_run_that_never_completes_on_an_open_connection_is_lost(oracle):
+    oracle.on_sent(sent(ALICE, "m1", mono=0.0))
+    feed(oracle, lifecycle(ALICE, "m1", "x")[:3])
+    assert oracle.sweep(now=5.0) == []  # still within the timeout
+    [finding] = oracle.sweep(now=11.0)
+    assert finding.kind is ViolationKind.LOST_EVENT
+    assert finding.evidence["received_types"] == [
+        "agent_started",
+        "agent_thinking",
+        "tool_executing",
+    ]
+
+
+def test_a_run_cut_by_a_disconnect_is_not_lost(oracle):
+    oracle.on_sent(sent(ALICE, "m1"))
+    feed(oracle, lifecycle(ALICE, "m1", "x")[:2])
+    assert oracle.on_closed(closed(ALICE)) == []
+    assert oracle.cut == 1
+    assert oracle.finish(now=50.0) == []
+
+
+def test_a_repeated_event_is_a_duplicate(oracle):
+    oracle.on_sent(sent(ALICE, "m1"))
+    run = lifecycle(ALICE, "m1", "x")
+    assert kinds(feed(oracle, [*run[:3], run[2], *run[3:]])) == [ViolationKind.DUPLICATE_EVENT]
+
+
+def test_a_second_completion_with_a_new_seq_is_a_duplicate(oracle):
+    oracle.on_sent(sent(ALICE, "m1"))
+    again = event(ALICE, "m1", "agent_completed", 6)
+    assert kinds(feed(oracle, [*lifecycle(ALICE, "m1", "x"), again])) == [
+        ViolationKind.DUPLICATE_EVENT
+    ]
+
+
+def test_a_second_run_for_one_message_is_a_duplicate(oracle):
+    oracle.on_sent(sent(ALICE, "m1"))
+    run = lifecycle(ALICE, "m1", "x")
+    twin = event(ALICE, "m1", "agent_started", 1, run_id="r9")
+    assert kinds(feed(oracle, [*run, twin])) == [ViolationKind.DUPLICATE_EVENT]
+
+
+def test_events_swapped_within_a_run_are_out_of_order(oracle):
+    oracle.on_sent(sent(ALICE, "m1"))
+    run = lifecycle(ALICE, "m1", "x")
+    run[2], run[3] = run[3], run[2]
+    [finding] = feed(oracle, run)
+    assert finding.kind is ViolationKind.OUT_OF_ORDER
+    assert "tool_executing (seq 3)" in finding.detail
+    assert oracle.finish(now=50.0) == []
+
+
+def test_events_on_another_connection_of_the_user_are_not_judged_there(oracle):
+    oracle.on_sent(sent(ALICE, "m1", conn="c1"))
+    # c2 opened mid-run: it gets the rest of the run, not its beginning (AEP/1 §3).
+    assert feed(oracle, lifecycle(ALICE, "m1", "x")[2:], conn="c2") == []
+    feed(oracle, lifecycle(ALICE, "m1", "x"), conn="c1")
+    assert oracle.finish(now=50.0) == []
+
+
+def test_each_kind_is_reported_once_per_run(oracle):
+    oracle.on_sent(sent(ALICE, "m1"))
+    run = lifecycle(ALICE, "m1", "x")
+    assert len(feed(oracle, [*run, run[1], run[2], run[3]])) == 1
