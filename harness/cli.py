@@ -1,2 +1,169 @@
-def main() -> int:
+"""The ``isoharness`` command: ``run``, ``serve``, ``report``.
+
+Exit codes (a contract other tools and CI depend on): 0 no violation,
+1 at least one isolation violation, 2 usage or configuration error, 3 the
+target was unusable, 4 inconclusive (the scenarios did not create the
+conditions they need), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import harness
+from harness.errors import ConfigError
+from harness.settings import OPTIONS, Settings, resolve_settings
+
+EXIT_USAGE = 2
+
+
+def default_scenarios() -> Path:
+    """The scenarios shipped with isoharness (the repository's ``scenarios/`` in a checkout)."""
+    package = Path(harness.__file__).resolve().parent
+    packaged = package / "_scenarios"
+    return packaged if packaged.is_dir() else package.parent / "scenarios"
+
+
+def _add_settings_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "settings (flags override the environment and the config file)"
+    )
+    for spec in OPTIONS:
+        env = f" [env ${spec.env}]" if spec.env else ""
+        if isinstance(spec.default, bool):
+            group.add_argument(
+                spec.flag,
+                dest=spec.name,
+                action="store_const",
+                const=True,
+                default=None,
+                help=spec.help + env,
+            )
+        else:
+            group.add_argument(
+                spec.flag, dest=spec.name, default=None, help=spec.help + env, metavar="VALUE"
+            )
+    group.add_argument(
+        "--config",
+        dest="config",
+        default=None,
+        type=Path,
+        help="configuration file (default: isoharness.toml or [tool.isoharness] in pyproject.toml)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="isoharness",
+        description="Multi-tenant isolation test harness: no cross-user delivery, "
+        "no shared state, no memory growth.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser(
+        "run",
+        help="run the isolation scenarios (against the embedded reference service "
+        "unless --target-url is given)",
+        description="Run the isolation scenarios. Arguments after '--' go to pytest.",
+    )
+    _add_settings_options(run)
+    sub.add_parser(
+        "serve", help="start the AEP/1 reference service (isoharness serve --help)", add_help=False
+    )
+    report = sub.add_parser("report", help="(re)write report.html for a report folder")
+    report.add_argument("folder", type=Path)
+    return parser
+
+
+def _split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    args = list(argv)
+    if "--" in args:
+        at = args.index("--")
+        return args[:at], args[at + 1 :]
+    return args, []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``isoharness`` console script; returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "serve":
+        from harness.reference.__main__ import main as serve
+
+        return serve(args[1:])
+    own, pytest_args = _split_passthrough(args)
+    ns = build_parser().parse_args(own)
+    if ns.command == "report":
+        return _report(ns.folder)
+    return _run(ns, pytest_args)
+
+
+def _report(folder: Path) -> int:
+    from harness.reporting.html import render_report
+
+    if not (folder / "summary.json").is_file():
+        print(
+            f"isoharness: error: {folder} has no summary.json; pass a report folder",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    print(render_report(folder))
     return 0
+
+
+def _run(ns: argparse.Namespace, pytest_args: list[str]) -> int:
+    import pytest
+
+    from harness.safety import check_target_allowed
+    from harness.session import new_run_id
+
+    cli = {spec.name: getattr(ns, spec.name) for spec in OPTIONS}
+    try:
+        settings = resolve_settings(cli, env=os.environ, cwd=Path.cwd(), config_path=ns.config)
+        if settings.target_url is not None:
+            check_target_allowed(settings.target_url, settings.allowed_targets)
+    except ConfigError as exc:
+        print(f"isoharness: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    report_dir = settings.report_dir or Path("reports") / new_run_id()
+    scenarios = settings.scenarios or default_scenarios()
+    if not scenarios.is_dir():
+        print(f"isoharness: error: no scenarios at {scenarios}; set --scenarios", file=sys.stderr)
+        return EXIT_USAGE
+    argv = [str(scenarios), f"--report-dir={report_dir.absolute()}"]
+    argv += [
+        f"--junitxml={(report_dir / 'junit.xml').absolute()}",
+        "-o",
+        "junit_suite_name=isoharness",
+    ]
+    argv += ["-o", "junit_logging=no", f"--timeout={_timeout(settings)}"]
+    if ns.config is not None:
+        argv.append(f"--isoharness-config={ns.config.absolute()}")
+    for spec in OPTIONS:
+        value = cli[spec.name]
+        if value is None or spec.name == "report_dir":
+            continue
+        if spec.secret:
+            # Through the environment, never argv: argv shows in ps and in reports.
+            os.environ[spec.env or "ISOHARNESS_JWT_SECRET"] = str(value)
+        elif isinstance(spec.default, bool):
+            argv.append(spec.flag)
+        else:
+            argv.append(f"{spec.flag}={value}")
+    code = int(pytest.main(argv + pytest_args))
+    if code == pytest.ExitCode.NO_TESTS_COLLECTED:
+        print(
+            "isoharness: error: no scenario was selected; check -k/-m and --scenarios",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if code == pytest.ExitCode.USAGE_ERROR:
+        return EXIT_USAGE
+    return code
+
+
+def _timeout(settings: Settings) -> int:
+    """pytest-timeout's per-scenario limit: the last guard, well past any workload's own."""
+    return int(settings.duration * 2 + settings.lifecycle_timeout * 4 + 120)

@@ -1,0 +1,269 @@
+"""A harness session: from settings to a usable target, a run, and a report folder.
+
+Shared by the pytest plugin and the soak loop, so both build the same run,
+write the same ``summary.json`` and stop the embedded service the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from contextlib import suppress
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+
+from harness.credentials import Credentials, HookCredentials, JwtCredentials, StaticCredentials
+from harness.embedded import EmbeddedService
+from harness.errors import ConfigError, HarnessError, TargetError
+from harness.preflight import preflight
+from harness.run import Run, Target
+from harness.safety import Redactor, check_target_allowed
+from harness.scenario import Scenario, Sizes, Wiring
+from harness.settings import Settings
+from harness.transport.base import make_ssl_context
+from harness.transport.http import AiohttpClient
+from harness.transport.websocket import WebSocketConnector
+from harness.types import TenantId, UserId, UserKey, Verdict
+
+
+def new_run_id() -> str:
+    """``20261124T153000Z-ab12cd``: sortable, unique enough for a report folder."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+def split_target(url: str) -> tuple[str, str]:
+    """``(http base URL, ws URL of /ws)`` from a target URL given as http(s) or ws(s)."""
+    parts = urlsplit(url)
+    scheme = {"http": "http", "ws": "http", "https": "https", "wss": "https"}[parts.scheme]
+    prefix = parts.path.rstrip("/")
+    if prefix.endswith("/ws"):
+        prefix = prefix[: -len("/ws")]
+    base = urlunsplit((scheme, parts.netloc, prefix, "", ""))
+    ws = urlunsplit(("ws" if scheme == "http" else "wss", parts.netloc, prefix + "/ws", "", ""))
+    return base, ws
+
+
+class Session:
+    """Everything one run needs, built from :class:`~harness.settings.Settings`.
+
+    Args:
+        settings: the resolved settings.
+        cwd: where ``reports/`` is made when no report folder is given.
+        command: the command line, for the report (secrets redacted).
+    """
+
+    def __init__(self, settings: Settings, *, cwd: Path, command: str = "") -> None:
+        self.settings = settings
+        self.command = command
+        self.seed = settings.seed if settings.seed is not None else secrets.randbelow(2**31)
+        self.run_id = new_run_id()
+        self.report_dir = (
+            settings.report_dir if settings.report_dir else cwd / "reports" / self.run_id
+        )
+        secret_values = [s for s in (settings.jwt_secret,) if s]
+        self.redactor = Redactor(secret_values)
+        self.embedded: EmbeddedService | None = None
+        self.run: Run | None = None
+        self.wiring: Wiring | None = None
+        self.sizes = Sizes(
+            users=settings.users,
+            tenants=settings.tenants,
+            connections_per_user=settings.connections_per_user,
+            messages_per_user=settings.messages_per_user,
+            duration_s=settings.duration,
+            rate=settings.rate,
+        )
+        self.target_unusable = False
+        self.extra: dict[str, Any] = {}
+
+    def start(self) -> Run:
+        """Open the run, start the embedded service if no target is set, check the target.
+
+        The run (and a provisional ``summary.json``) exists before anything can
+        fail, so even an unusable target leaves a report folder behind.
+
+        Raises:
+            ConfigError: a setting is missing or not allowed (exit 2).
+            TargetError: the target is unusable (exit 3).
+            HarnessError: the embedded service did not start.
+        """
+        s = self.settings
+        secret = s.jwt_secret
+        if s.target_url is not None:
+            check_target_allowed(s.target_url, s.allowed_targets)
+        # The embedded service verifies JWTs minted with its own secret (below).
+        credentials = self._credentials(secret) if s.target_url is not None else None
+        self.run = Run(
+            target=Target(base_url=s.target_url or "embedded", ws_url=""),
+            report_dir=self.report_dir,
+            seed=self.seed,
+            run_key=secrets.token_bytes(32),
+            run_id=self.run_id,
+            policy=s.delivery_policy,
+            lifecycle_timeout_s=s.lifecycle_timeout,
+            redact=self.redactor.redact,
+        )
+        self._link_latest()
+        self.write_summary(Verdict.INTERRUPTED, final=False)
+        if s.target_url is None:
+            secret = secret or secrets.token_urlsafe(32)
+            self.redactor.add(secret)
+            credentials = JwtCredentials(secret)
+            self.embedded = EmbeddedService(jwt_secret=secret)
+            url = self.embedded.start()
+        else:
+            url = s.target_url
+        assert credentials is not None
+        base_url, ws_url = split_target(url)
+        tls = None
+        if base_url.startswith("https"):
+            tls = make_ssl_context(ca_bundle=s.ca_bundle, insecure=s.insecure)
+        self.wiring = Wiring(
+            base_url=base_url,
+            ws_url=ws_url,
+            connector=lambda: WebSocketConnector(ssl_context=tls),
+            http=lambda: AiohttpClient(ssl_context=tls),
+            credentials=credentials,
+        )
+        self.run.target = Target(
+            base_url=base_url,
+            ws_url=ws_url,
+            embedded=self.embedded is not None,
+            pid=self.embedded.pid if self.embedded else None,
+        )
+        try:
+            asyncio.run(self._preflight(credentials))
+        except TargetError:
+            self.target_unusable = True
+            raise
+        return self.run
+
+    def _credentials(self, secret: str | None) -> Credentials:
+        s = self.settings
+        if s.credentials == "static":
+            assert s.tokens_file is not None
+            static = StaticCredentials(s.tokens_file)
+            self.redactor.add(*static.tokens)
+            return static
+        if s.credentials == "hook":
+            assert s.login_hook is not None
+            return HookCredentials(s.login_hook)
+        if not secret:
+            raise ConfigError(
+                "jwt_secret",
+                None,
+                "the environment",
+                "the jwt credential provider needs the target's signing secret: "
+                "set $ISOHARNESS_JWT_SECRET, --jwt-secret or jwt_secret_file",
+            )
+        return JwtCredentials(secret)
+
+    async def _preflight(self, credentials: Credentials) -> None:
+        assert self.wiring is not None and self.run is not None
+        fixed = credentials.fixed_users()
+        probe_user = fixed[0] if fixed else UserKey(TenantId(f"{self.run.tag}-pre"), UserId("pre"))
+        token = await credentials.token_for(probe_user)
+        self.redactor.add(token)
+        http = self.wiring.http()
+        try:
+            await preflight(
+                base_url=self.wiring.base_url,
+                ws_url=self.wiring.ws_url,
+                connector=self.wiring.connector(),
+                http=http,
+                token=token,
+                timeout_s=self.settings.lifecycle_timeout,
+            )
+        finally:
+            await http.aclose()
+
+    def scenario(self, nodeid: str) -> Scenario:
+        """The ``harness`` object for one scenario instance."""
+        assert self.run is not None and self.wiring is not None, "start() the session first"
+        return Scenario(self.run, nodeid, sizes=self.sizes, wiring=self.wiring)
+
+    def _link_latest(self) -> None:
+        latest = self.report_dir.parent / "latest"
+        with suppress(OSError):
+            if latest.is_symlink() or latest.exists():
+                latest.unlink()
+            latest.symlink_to(self.report_dir.name, target_is_directory=True)
+
+    def summary(self, verdict: Verdict, *, final: bool) -> dict[str, Any]:
+        """The summary document, redacted."""
+        assert self.run is not None
+        doc = self.run.summary(verdict, extra=self.extra)
+        doc["final"] = final
+        doc["run"] |= {
+            "command": self.command,
+            "finished_at": time.time() if final else None,
+            "settings": self.settings.public_dict(),
+            "sizes": {
+                "users": self.sizes.users,
+                "tenants": self.sizes.tenants,
+                "connections_per_user": self.sizes.connections_per_user,
+                "messages_per_user": self.sizes.messages_per_user,
+                "duration_s": self.sizes.duration_s,
+                "rate": self.sizes.rate,
+            },
+        }
+        doc["target"]["faults"] = list(self.embedded.faults) if self.embedded else []
+        redacted: dict[str, Any] = self.redactor.redact_obj(doc)
+        return redacted
+
+    def write_summary(self, verdict: Verdict, *, final: bool) -> Path:
+        """Write ``summary.json`` atomically (a killed run leaves the last complete one)."""
+        path = self.report_dir / "summary.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_bytes(orjson.dumps(self.summary(verdict, final=final), option=orjson.OPT_INDENT_2))
+        os.replace(tmp, path)
+        return path
+
+    def finish(self, *, interrupted: bool = False, error: str | None = None) -> tuple[Verdict, Path]:
+        """Judge what is left, write the final summary and report, stop the embedded service.
+
+        Args:
+            interrupted: the run was stopped by SIGINT/SIGTERM.
+            error: why the run could not go on (the target became unusable…).
+
+        Returns:
+            The verdict and the path of ``summary.json``.
+        """
+        try:
+            if self.run is None:
+                raise HarnessError("the session never started; nothing to report")
+            if error is not None:
+                self.run.error("target_error", error)
+            self.run.finish_lifecycles()
+            self.run.log.flush()
+            verdict = self.run.verdict(
+                interrupted=interrupted, target_unusable=self.target_unusable or error is not None
+            )
+            path = self.write_summary(verdict, final=True)
+            self.render_report()
+            return verdict, path
+        finally:
+            if self.run is not None:
+                self.run.close()
+            if self.embedded is not None:
+                self.embedded.stop()
+                self.embedded = None
+
+    def render_report(self) -> Path | None:
+        """Write ``report.html``; a failure to render is reported, never fatal."""
+        try:
+            from harness.reporting.html import render_report
+        except ImportError:  # pragma: no cover - reporting is part of the package
+            return None
+        try:
+            return render_report(self.report_dir)
+        except Exception as exc:  # noqa: BLE001 - the summary is the evidence; keep it
+            (self.report_dir / "report-error.txt").write_text(f"report.html failed: {exc!r}\n")
+            return None

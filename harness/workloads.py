@@ -1,0 +1,458 @@
+"""Workloads: the async drivers that create the conditions isolation bugs need.
+
+Each workload takes an :class:`Env` (the run, the scenario, the transport)
+and simulated users, does what real users do — at the same moment, with the
+same ids, dropping connections mid-run, reading each other's ids — and
+counts the conditions it created. Every loop is bounded in count and time.
+Oracles judge the records as they arrive; workloads only drive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from harness.canary import CANARY_RE
+from harness.coverage import count_overlapping, shared_identifiers
+from harness.credentials import Credentials
+from harness.errors import TargetError
+from harness.oracles.shared_state import CrossProbe
+from harness.recording import HttpExchange
+from harness.run import Run
+from harness.transport.base import ChannelClosed, Connector, HttpClient
+from harness.types import ScenarioId, UserKey
+from harness.users import PendingRun, SimUser, UserConnection, make_identity
+
+T = TypeVar("T")
+SETTLE_S = 0.3
+"""Pause after the last run ends, before closing, so late duplicates are seen."""
+
+
+@dataclass(slots=True)
+class Env:
+    """Everything a workload needs; made per scenario call inside its event loop."""
+
+    run: Run
+    scenario: ScenarioId
+    connector: Connector
+    http: HttpClient
+    credentials: Credentials
+    base_url: str
+    ws_url: str
+    token_in_query: bool = False
+    connect_limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(200))
+
+    def cover(self, condition: str, count: int = 1) -> None:
+        if count > 0:
+            self.run.cover(self.scenario, condition, count)
+
+
+async def make_users(env: Env, keys: Sequence[UserKey]) -> list[SimUser]:
+    """Simulated users for ``keys``, with tokens and canaries."""
+    users = []
+    for key in keys:
+        identity = make_identity(key, seed=env.run.seed)
+        token = await env.credentials.token_for(key)
+        rng = random.Random(f"{env.run.seed}:{env.scenario}:{key}")
+        users.append(
+            SimUser(identity, token=token, canary=env.run.canaries.canary_for(key), rng=rng)
+        )
+    return users
+
+
+async def connect(
+    env: Env, user: SimUser, *, reconnect: bool = False, attempts: int = 3
+) -> UserConnection | None:
+    """Open a connection for ``user``, retrying with jittered backoff.
+
+    A refused or failed handshake is a target fault: it is counted in the
+    run's errors and ``None`` is returned; the workload goes on without it.
+    """
+    for attempt in range(attempts):
+        try:
+            async with env.connect_limit:
+                channel = await env.connector.connect(
+                    env.ws_url, token=user.token, token_in_query=env.token_in_query
+                )
+        except TargetError as exc:
+            env.run.error("connect_failed", exc.reason)
+            await asyncio.sleep(user.rng.uniform(0.05, 0.2) * 2**attempt)
+            continue
+        return UserConnection(
+            user,
+            channel,
+            connection_id=env.run.next_connection_id(),
+            scenario=env.scenario,
+            sink=env.run,
+            clock=env.run.clock,
+            reconnect=reconnect,
+        )
+    return None
+
+
+async def send(env: Env, conn: UserConnection, thread_id: str) -> PendingRun | None:
+    """Send one message; a closed connection is a target fault, not a crash."""
+    try:
+        return await conn.send_message(thread_id)
+    except ChannelClosed as exc:
+        env.run.error("send_failed", str(exc))
+        return None
+
+
+async def finish(env: Env, conns: Sequence[UserConnection], *, abrupt: bool = False) -> None:
+    """Wait for every run, judge them while the connections are open, then close."""
+    timeout = env.run.lifecycle_timeout_s
+    await asyncio.gather(*(conn.wait_runs(timeout) for conn in conns))
+    await asyncio.sleep(SETTLE_S)
+    for conn in conns:
+        if conn.closed is None:
+            env.run.judge_connection(conn.id)
+    await asyncio.gather(*(conn.close(abrupt=abrupt) for conn in conns))
+
+
+def _intervals(
+    runs: Sequence[tuple[UserKey, PendingRun]], now: float
+) -> list[tuple[UserKey, float, float]]:
+    return [(user, run.sent_mono, run.ended_mono or now) for user, run in runs]
+
+
+async def chat(
+    env: Env,
+    users: Sequence[SimUser],
+    *,
+    messages: int,
+    connections: int,
+    thread_of: Callable[[SimUser, int], str],
+    jitter_s: float = 0.01,
+) -> list[tuple[UserKey, PendingRun]]:
+    """Every user opens ``connections`` connections and sends ``messages`` at once.
+
+    Messages go out round-robin over a user's connections without waiting
+    for earlier runs, so runs overlap within a connection, across a user's
+    connections and across users. Counts ``overlapping_runs`` and
+    ``shared_identifiers`` (thread ids used by several users).
+    """
+    opened = await asyncio.gather(
+        *(connect(env, user) for user in users for _ in range(connections))
+    )
+    by_user: dict[UserKey, list[UserConnection]] = {}
+    for conn in opened:
+        if conn is not None:
+            by_user.setdefault(conn.user.key, []).append(conn)
+    sent: list[tuple[UserKey, PendingRun]] = []
+    threads: list[tuple[UserKey, str]] = []
+
+    async def one_user(user: SimUser) -> None:
+        conns = by_user.get(user.key, [])
+        for n in range(messages if conns else 0):
+            await asyncio.sleep(user.rng.uniform(0, jitter_s))
+            thread = thread_of(user, n)
+            threads.append((user.key, thread))
+            run = await send(env, conns[n % len(conns)], thread)
+            if run is not None:
+                sent.append((user.key, run))
+
+    await asyncio.gather(*(one_user(user) for user in users))
+    all_conns = [conn for conns in by_user.values() for conn in conns]
+    await finish(env, all_conns)
+    env.cover("overlapping_runs", count_overlapping(_intervals(sent, env.run.clock.mono())))
+    env.cover("shared_identifiers", shared_identifiers(threads))
+    return sent
+
+
+async def disconnect_and_reconnect(
+    env: Env, users: Sequence[SimUser], *, rounds: int, thread_of: Callable[[SimUser, int], str]
+) -> None:
+    """Users drop their connection while runs are in flight, then reconnect.
+
+    Each round a user connects, sends two messages, waits for the first
+    event of the first run and then disconnects (half the time abruptly,
+    without a close handshake) while the runs are still going. The last
+    round ends normally, on a fresh connection, with runs judged complete.
+    Counts ``disconnects_mid_run`` (only disconnects that really landed while
+    a run was in flight) and ``reconnects``.
+    """
+    timeout = env.run.lifecycle_timeout_s
+    sent: list[tuple[UserKey, PendingRun]] = []
+
+    async def one_user(user: SimUser) -> None:
+        for r in range(rounds + 1):
+            conn = await connect(env, user, reconnect=r > 0)
+            if conn is None:
+                continue
+            if r > 0:
+                env.cover("reconnects")
+            runs = [await send(env, conn, thread_of(user, r)) for _ in range(2)]
+            sent.extend((user.key, run) for run in runs if run is not None)
+            if r == rounds:
+                await finish(env, [conn])
+                continue
+            first = runs[0]
+            if first is not None:
+                try:
+                    await asyncio.wait_for(first.first_event.wait(), timeout)
+                except TimeoutError:
+                    pass
+            if conn.in_flight:
+                env.cover("disconnects_mid_run")
+            await conn.close(abrupt=user.rng.random() < 0.5)
+            await asyncio.sleep(user.rng.uniform(0, 0.02))
+
+    await asyncio.gather(*(one_user(user) for user in users))
+    env.cover("overlapping_runs", count_overlapping(_intervals(sent, env.run.clock.mono())))
+
+
+async def churn(
+    env: Env,
+    users: Sequence[SimUser],
+    *,
+    duration_s: float,
+    rate: float,
+    max_sessions: int,
+    cut_probability: float = 0.3,
+    thread_of: Callable[[SimUser, int], str],
+) -> int:
+    """Sessions start at ``rate`` per second for ``duration_s`` (at most ``max_sessions``).
+
+    A session is one user connecting, sending one to three messages and
+    either waiting for them or, with ``cut_probability``, leaving mid-run.
+    Returns the number of sessions started.
+    """
+    rng = random.Random(f"{env.run.seed}:{env.scenario}:churn")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + duration_s
+    sessions: list[asyncio.Task[None]] = []
+    seen: set[UserKey] = set()
+    sent: list[tuple[UserKey, PendingRun]] = []
+
+    async def session(user: SimUser, n: int, reconnect: bool) -> None:
+        conn = await connect(env, user, reconnect=reconnect)
+        if conn is None:
+            return
+        if reconnect:
+            env.cover("reconnects")
+        runs = [await send(env, conn, thread_of(user, n)) for _ in range(user.rng.randint(1, 3))]
+        sent.extend((user.key, run) for run in runs if run is not None)
+        first = runs[0]
+        if first is not None and user.rng.random() < cut_probability:
+            try:
+                await asyncio.wait_for(first.first_event.wait(), env.run.lifecycle_timeout_s)
+            except TimeoutError:
+                pass
+            if conn.in_flight:
+                env.cover("disconnects_mid_run")
+            await conn.close(abrupt=user.rng.random() < 0.5)
+        else:
+            await finish(env, [conn])
+
+    n = 0
+    while loop.time() < deadline and n < max_sessions:
+        user = rng.choice(users)
+        sessions.append(asyncio.create_task(session(user, n, user.key in seen)))
+        seen.add(user.key)
+        n += 1
+        await asyncio.sleep(rng.expovariate(rate))
+    await asyncio.gather(*sessions)
+    env.cover("overlapping_runs", count_overlapping(_intervals(sent, env.run.clock.mono())))
+    return n
+
+
+# -- HTTP ------------------------------------------------------------------------------------
+
+
+async def http(
+    env: Env,
+    user: SimUser,
+    method: str,
+    path: str,
+    *,
+    body: Any = None,
+    purpose: str = "",
+    timeout_s: float = 10.0,
+    record: bool = True,
+) -> HttpExchange | None:
+    """One API call as ``user``; recorded (and checked for foreign canaries)."""
+    clock = env.run.clock
+    start, wall = clock.mono(), clock.wall()
+    try:
+        resp = await env.http.request(
+            method, env.base_url + path, token=user.token, json_body=body, timeout_s=timeout_s
+        )
+    except TargetError as exc:
+        env.run.error("http_failed", f"{method} {path_shape(path)}: {exc.reason}")
+        return None
+    ex = HttpExchange(
+        env.scenario,
+        user.key,
+        method,
+        path,
+        resp.status,
+        resp.text,
+        start,
+        clock.mono(),
+        wall,
+        purpose,
+    )
+    if record:
+        env.run.record(ex)
+    return ex
+
+
+def path_shape(path: str) -> str:
+    """``path`` with user-specific ids replaced, so errors group by endpoint."""
+    return CANARY_RE.sub("<id>", path)
+
+
+def state_path(key: str) -> str:
+    return "/api/state/" + quote(key, safe="")
+
+
+def thread_path(thread_id: str) -> str:
+    return "/api/threads/" + quote(thread_id, safe="")
+
+
+async def write_state(
+    env: Env, users: Sequence[SimUser], key: str | Callable[[SimUser], str]
+) -> None:
+    """Every user stores a canary-carrying value under ``key`` (one key for all, or per user)."""
+
+    async def put(user: SimUser) -> None:
+        name = key(user) if callable(key) else key
+        value = {"owner": user.canary, "note": f"{user.identity.name} ({user.identity.email})"}
+        await http(env, user, "PUT", state_path(name), body={"value": value}, purpose="write")
+
+    await asyncio.gather(*(put(user) for user in users))
+    if not callable(key) and len(users) > 1:
+        env.cover("shared_identifiers")
+
+
+async def concurrent_reads(env: Env, users: Sequence[SimUser], path: str, *, bursts: int) -> None:
+    """All users read ``path`` at the same moment, ``bursts`` times.
+
+    Counts ``same_path_concurrent_reads``: reads whose time on the wire
+    overlapped a read of the same path by another user.
+    """
+    for _ in range(bursts):
+        start = asyncio.Event()
+
+        async def read(user: SimUser, start: asyncio.Event) -> HttpExchange | None:
+            await start.wait()
+            return await http(env, user, "GET", path, purpose="read")
+
+        tasks = [asyncio.create_task(read(user, start)) for user in users]
+        await asyncio.sleep(0)
+        start.set()
+        results = await asyncio.gather(*tasks)
+        spans = [(ex.user, ex.mono_start, ex.mono_end) for ex in results if ex is not None]
+        env.cover("same_path_concurrent_reads", count_overlapping(spans))
+
+
+async def aborted_requests(env: Env, users: Sequence[SimUser], path: str, *, rounds: int) -> None:
+    """Users start reads and give up on them mid-request, while others keep reading.
+
+    This is the disconnect-mid-request of the 2023 redis-py leak: a service
+    that shares a backend pipe and does not clean it up when a request is
+    cancelled hands the stale answer to the next user.
+    """
+    for _ in range(rounds):
+
+        async def impatient(user: SimUser) -> None:
+            await http(
+                env,
+                user,
+                "GET",
+                path,
+                purpose="aborted",
+                timeout_s=user.rng.uniform(0.001, 0.02),
+                record=False,
+            )
+
+        async def patient(user: SimUser) -> None:
+            await asyncio.sleep(0.01)
+            await http(env, user, "GET", path, purpose="read")
+
+        half = len(users) // 2
+        await asyncio.gather(
+            *(impatient(u) for u in users[:half]), *(patient(u) for u in users[half:])
+        )
+        await asyncio.gather(*(patient(u) for u in users))
+
+
+async def cross_user_probes(env: Env, users: Sequence[SimUser], *, per_user: int) -> None:
+    """Each user tries to read other users' private resources with its own token.
+
+    Owners first create a private state key and a private thread (by sending
+    a message in it). Every probe is bracketed by positive controls: the
+    owner reads its resource before and after, and the prober reads its own
+    resource, so a refusal only counts as isolation when both sessions were
+    valid and the object demonstrably existed.
+    """
+    await write_state(env, users, lambda u: u.private_id("private"))
+    await chat(env, users, messages=1, connections=1, thread_of=lambda u, _: u.private_id("thread"))
+    rng = random.Random(f"{env.run.seed}:{env.scenario}:probes")
+    probes: list[Awaitable[None]] = []
+    for prober in users:
+        others = [u for u in users if u.key != prober.key]
+        for owner in rng.sample(others, min(per_user, len(others))):
+            for path in (
+                state_path(owner.private_id("private")),
+                thread_path(owner.private_id("thread")),
+            ):
+                probes.append(_probe(env, prober, owner, path))
+    await asyncio.gather(*probes)
+
+
+async def _probe(env: Env, prober: SimUser, owner: SimUser, path: str) -> None:
+    before = await http(env, owner, "GET", path, purpose="owner_control")
+    probe = await http(env, prober, "GET", path, purpose="cross_read")
+    after = await http(env, owner, "GET", path, purpose="owner_control")
+    control = await http(
+        env, prober, "GET", state_path(prober.private_id("private")), purpose="prober_control"
+    )
+    if probe is None:
+        return
+    env.run.judge_probe(
+        CrossProbe(env.scenario, prober.key, owner.key, owner.canary, before, probe, after, control)
+    )
+
+
+async def list_threads(env: Env, users: Sequence[SimUser]) -> None:
+    """Every user lists its threads (a foreign canary there is shared state)."""
+    await asyncio.gather(
+        *(http(env, user, "GET", "/api/threads", purpose="read") for user in users)
+    )
+
+
+async def mixed_load(
+    env: Env, users: Sequence[SimUser], *, duration_s: float, rate: float, key: str
+) -> None:
+    """Churn, simultaneous reads of one path and cross-user probes, all at once.
+
+    The sustained load of a real service: sessions come and go while other
+    users read shared paths and try each other's ids.
+    """
+    await write_state(env, users, key)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + duration_s
+
+    async def readers() -> None:
+        while loop.time() < deadline:
+            await concurrent_reads(env, users, state_path(key), bursts=1)
+            await asyncio.sleep(0.2)
+
+    await asyncio.gather(
+        churn(
+            env,
+            users,
+            duration_s=duration_s,
+            rate=rate,
+            max_sessions=int(duration_s * rate) + 1,
+            thread_of=lambda u, n: "main" if n % 2 else u.private_id("t"),
+        ),
+        readers(),
+        cross_user_probes(env, users, per_user=1),
+    )

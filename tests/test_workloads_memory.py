@@ -1,0 +1,139 @@
+"""Users, workloads and oracles together over the in-memory transport: no server, no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import orjson
+import pytest
+
+from harness.run import Run, Target
+from harness.scenario import Scenario, Sizes, Wiring
+from harness.transport.base import HttpResponse
+from harness.transport.memory import MemoryConnector, ServerSide
+from harness.types import UserKey, ViolationKind
+
+
+class TokenIsTheUser:
+    """Credentials for the twin: the token is the user key itself."""
+
+    def fixed_users(self):
+        return None
+
+    async def token_for(self, user: UserKey) -> str:
+        return str(user)
+
+
+class NoHttp:
+    async def request(self, method, url, *, token=None, json_body=None, timeout_s=10.0):
+        return HttpResponse(404, '{"error":"not_found"}')
+
+    async def aclose(self) -> None:
+        pass
+
+
+class TwinService:
+    """A tiny AEP/1 service: correct, or with the singleton-emitter bug."""
+
+    def __init__(self, *, singleton: bool = False) -> None:
+        self.singleton = singleton
+        self.sockets: dict[str, list[ServerSide]] = {}
+        self.current: ServerSide | None = None  # the bug: one emitter for everyone
+
+    async def handle(self, conn: ServerSide) -> None:
+        self.sockets.setdefault(conn.token, []).append(conn)
+        runs = []
+        while (text := await conn.recv()) is not None:
+            msg = orjson.loads(text)
+            self.current = conn
+            runs.append(asyncio.create_task(self.run(conn, msg)))
+        self.sockets[conn.token].remove(conn)
+        await asyncio.gather(*runs)
+
+    async def run(self, conn: ServerSide, msg: dict) -> None:
+        tenant, user = conn.token.split("/")
+        kinds = ["agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_completed"]
+        for seq, kind in enumerate(kinds, 1):
+            await asyncio.sleep(0.002)
+            event = {
+                "type": kind, "user_id": user, "tenant_id": tenant, "thread_id": msg["thread_id"],
+                "message_id": msg["message_id"], "run_id": msg["message_id"], "seq": seq,
+                "data": {"thought": msg["content"]},
+            }
+            targets = [self.current] if self.singleton else list(self.sockets.get(conn.token, []))
+            for target in targets:
+                if target is not None:
+                    await target.send(orjson.dumps(event).decode())
+
+
+@pytest.fixture
+def scenario_on(tmp_path: Path):
+    runs: list[Run] = []
+
+    def make(service: TwinService, _tmp: Path) -> Scenario:
+        scenario = _scenario_on(service, tmp_path)
+        runs.append(scenario.run)
+        return scenario
+
+    yield make
+    for run in runs:
+        run.close()
+
+
+def _scenario_on(service: TwinService, tmp_path: Path) -> Scenario:
+    run = Run(
+        target=Target("memory://", "memory://ws"),
+        report_dir=tmp_path,
+        seed=3,
+        run_key=b"r" * 32,
+        run_id="20260101T000000Z-abcdef",
+        lifecycle_timeout_s=2.0,
+    )
+    wiring = Wiring(
+        base_url="memory://",
+        ws_url="memory://ws",
+        connector=lambda: MemoryConnector(service.handle),
+        http=NoHttp,
+        credentials=TokenIsTheUser(),
+    )
+    return Scenario(run, "test_twin", sizes=Sizes(users=6, tenants=2), wiring=wiring)
+
+
+def test_a_correct_service_passes_with_overlapping_runs(scenario_on, tmp_path):
+    harness = scenario_on(TwinService(), tmp_path)
+    harness.conditions("overlapping_runs")
+    users = harness.users()
+    assert harness.chat(users, messages=3, connections=2) == 18
+    harness.verify()
+    assert harness.run.counts["events_received"] >= 18 * 5
+    assert harness.result.coverage["overlapping_runs"] > 0
+
+
+def test_a_singleton_emitter_is_caught_as_cross_delivery(scenario_on, tmp_path):
+    harness = scenario_on(TwinService(singleton=True), tmp_path)
+    users = harness.users()
+    harness.chat(users, messages=3, connections=1)
+    kinds = {f.kind for f in harness.run.findings}
+    assert ViolationKind.CROSS_DELIVERY in kinds
+    with pytest.raises(AssertionError, match="cross_delivery"):
+        harness.verify()
+
+
+def test_every_frame_is_in_events_jsonl(scenario_on, tmp_path):
+    harness = scenario_on(TwinService(), tmp_path)
+    harness.chat(harness.users(2, tenants=1), messages=1, connections=1)
+    harness.run.close()
+    lines = [orjson.loads(line) for line in (tmp_path / "events.jsonl").read_bytes().splitlines()]
+    assert sum(1 for line in lines if line["k"] == "recv") == harness.run.counts["events_received"]
+    assert {line["k"] for line in lines} >= {"open", "sent", "recv", "close"}
+
+
+def test_a_scenario_that_creates_no_declared_condition_is_inconclusive(scenario_on, tmp_path):
+    from harness.scenario import Inconclusive
+
+    harness = scenario_on(TwinService(), tmp_path)
+    harness.conditions("reconnects")
+    harness.chat(harness.users(2, tenants=1), messages=1, connections=1)
+    with pytest.raises(Inconclusive, match="created no reconnects"):
+        harness.verify()
