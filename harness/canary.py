@@ -23,6 +23,8 @@ from harness.types import UserKey
 
 CANARY_RE = re.compile(r"iso[a-z2-7]{16}")
 """Matches anything shaped like a canary; :meth:`CanaryBook.owner_of` says whose."""
+_CANDIDATES = re.compile(r"(?=(iso[a-z2-7]{16}))")
+# Overlapping matches: in "isoiso…" the first "iso" must not hide the canary after it.
 
 
 def mint_canary(run_key: bytes, owner: UserKey) -> str:
@@ -66,8 +68,8 @@ class CanaryBook:
     def find(self, text: str) -> Iterator[tuple[str, UserKey]]:
         """Yield ``(canary, owner)`` for every known canary in ``text``, once each."""
         seen: set[str] = set()
-        for match in CANARY_RE.finditer(text):
-            canary = match.group()
+        for match in _CANDIDATES.finditer(text):
+            canary = match.group(1)
             if canary in seen:
                 continue
             seen.add(canary)

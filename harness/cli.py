@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import orjson
+
 import harness
 from harness.errors import ConfigError
 from harness.settings import OPTIONS, Settings, resolve_settings
@@ -139,6 +141,8 @@ def _run(ns: argparse.Namespace, pytest_args: list[str]) -> int:
         "junit_suite_name=isoharness",
     ]
     argv += ["-o", "junit_logging=no", f"--timeout={_timeout(settings)}"]
+    # This command imported harness (and faker) before pytest started; that is expected.
+    argv += ["-W", "ignore::pytest.PytestAssertRewriteWarning"]
     if ns.config is not None:
         argv.append(f"--isoharness-config={ns.config.absolute()}")
     for spec in OPTIONS:
@@ -153,6 +157,11 @@ def _run(ns: argparse.Namespace, pytest_args: list[str]) -> int:
         else:
             argv.append(f"{spec.flag}={value}")
     code = int(pytest.main(argv + pytest_args))
+    summary = _final_summary(report_dir / "summary.json")
+    if summary is not None:
+        # The verdict decides; pytest's own codes (4 = usage error) overlap ours.
+        exit_code = summary.get("exit_code", code)
+        return exit_code if isinstance(exit_code, int) else code
     if code == pytest.ExitCode.NO_TESTS_COLLECTED:
         print(
             "isoharness: error: no scenario was selected; check -k/-m and --scenarios",
@@ -162,6 +171,14 @@ def _run(ns: argparse.Namespace, pytest_args: list[str]) -> int:
     if code == pytest.ExitCode.USAGE_ERROR:
         return EXIT_USAGE
     return code
+
+
+def _final_summary(path: Path) -> dict[str, object] | None:
+    try:
+        doc = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("final") else None
 
 
 def _timeout(settings: Settings) -> int:

@@ -18,6 +18,7 @@ CONDITIONS: tuple[str, ...] = (
     "reconnects",
     "cross_user_probes",
     "same_path_concurrent_reads",
+    "requests_cancelled_mid_flight",
 )
 """Every condition a scenario can declare, in report order."""
 
@@ -28,6 +29,7 @@ DESCRIPTIONS: dict[str, str] = {
     "reconnects": "connections reopened after a disconnect",
     "cross_user_probes": "reads of another user's resource id judged under positive controls",
     "same_path_concurrent_reads": "reads of one path by different users at the same moment",
+    "requests_cancelled_mid_flight": "HTTP requests abandoned before their answer while others read",
 }
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -63,7 +64,10 @@ class JwtCredentials:
             "tenant": user.tenant,
             "exp": int(exp if exp is not None else time.time() + self._ttl),
         }
-        return jwt.encode(claims, self._secret, algorithm="HS256")
+        with warnings.catch_warnings():
+            # The key length is the target's choice, not ours; don't repeat it per token.
+            warnings.simplefilter("ignore", jwt.warnings.InsecureKeyLengthWarning)
+            return jwt.encode(claims, self._secret, algorithm="HS256")
 
 
 class StaticCredentials:

@@ -58,6 +58,7 @@ class EmbeddedService:
         self.url = ""
         #: The service's last lines of output, kept for diagnostics.
         self.output: deque[str] = deque(maxlen=200)
+        self._drainer: threading.Thread | None = None
 
     @property
     def pid(self) -> int:
@@ -97,7 +98,8 @@ class EmbeddedService:
                 if line.startswith(("http://", "https://")):
                     self.url = line.strip()
                     # Keep draining, or a chatty service blocks on a full pipe.
-                    threading.Thread(target=self._drain, daemon=True).start()
+                    self._drainer = threading.Thread(target=self._drain, daemon=True)
+                    self._drainer.start()
                     return self.url
         self.stop()
         output = " | ".join(seen[-5:]) or "no output"
@@ -125,6 +127,11 @@ class EmbeddedService:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
+        if self._drainer is not None:
+            self._drainer.join(timeout=2)
+            self._drainer = None
+        if proc.stdout is not None:
+            proc.stdout.close()
         return proc.returncode
 
     def __enter__(self) -> EmbeddedService:

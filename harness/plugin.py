@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from harness.coverage import CONDITIONS
 from harness.settings import OPTIONS
 
 if TYPE_CHECKING:
@@ -55,8 +56,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "conditions(*names): conditions an isolation scenario must create for a clean result "
-        "to count (overlapping_runs, shared_identifiers, disconnects_mid_run, reconnects, "
-        "cross_user_probes, same_path_concurrent_reads)",
+        f"to count ({', '.join(CONDITIONS)})",
     )
     config.addinivalue_line("markers", "soak: a long-running churn scenario (isoharness soak)")
     config.stash[PLUGIN_KEY] = HarnessPlugin(config)
@@ -162,10 +162,11 @@ def pytest_runtest_makereport(
     run = plugin.session.run
     from harness.errors import IsolationViolation
     from harness.scenario import Inconclusive
+    from harness.types import ScenarioId
 
     if item.nodeid not in run.scenarios:
         return report
-    result = run.scenarios[item.nodeid]
+    result = run.scenarios[ScenarioId(item.nodeid)]
     if call.when == "call":
         result.duration_s = call.duration
         if call.excinfo is not None and call.excinfo.errisinstance(Inconclusive):

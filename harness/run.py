@@ -217,6 +217,15 @@ class Run:
         """Judge the runs of a connection that is still open (before the harness closes it)."""
         self.add_findings(self._lifecycle.finish_connection(connection, self.clock.mono()))
 
+    def abandon_connection(self, connection: ConnectionId) -> None:
+        """Stop waiting for the unfinished runs of an open connection (see :attr:`runs_abandoned`)."""
+        self.add_findings(self._lifecycle.abandon_connection(connection, self.clock.mono()))
+
+    @property
+    def runs_abandoned(self) -> int:
+        """Runs not waited for to the end because the run had already failed."""
+        return self._lifecycle.abandoned
+
     def finish_lifecycles(self) -> None:
         """Judge every run still tracked (end of a scenario: connections are closed)."""
         self.add_findings(self._lifecycle.finish(self.clock.mono()))
@@ -302,6 +311,7 @@ class Run:
                 "events_received": self.counts["events_received"],
                 "http_probes": self.counts["http_probes"],
                 "runs_cut_by_disconnect": self.runs_cut,
+                "runs_abandoned_after_violation": self.runs_abandoned,
             },
             "coverage": {name: coverage[name] for name in CONDITIONS},
             "probes": dict(self.probe_outcomes),

@@ -21,7 +21,9 @@ import orjson
 from harness.credentials import Credentials, HookCredentials, JwtCredentials, StaticCredentials
 from harness.embedded import EmbeddedService
 from harness.errors import ConfigError, HarnessError, TargetError
+from harness.monitor import SESSIONS, Monitor, ProbePlan, gauge_idle_values
 from harness.preflight import preflight
+from harness.resources import decision_json, gauge_findings, memory_decision, memory_finding
 from harness.run import Run, Target
 from harness.safety import Redactor, check_target_allowed
 from harness.scenario import Scenario, Sizes, Wiring
@@ -29,7 +31,10 @@ from harness.settings import Settings
 from harness.transport.base import make_ssl_context
 from harness.transport.http import AiohttpClient
 from harness.transport.websocket import WebSocketConnector
-from harness.types import TenantId, UserId, UserKey, Verdict
+from harness.types import ScenarioId, TenantId, UserId, UserKey, Verdict
+
+RUN_END = ScenarioId("isoharness::end_of_run")
+"""The scenario id of findings judged after every scenario (gauges, memory)."""
 
 
 def new_run_id() -> str:
@@ -70,6 +75,7 @@ class Session:
         secret_values = [s for s in (settings.jwt_secret,) if s]
         self.redactor = Redactor(secret_values)
         self.embedded: EmbeddedService | None = None
+        self.monitor: Monitor | None = None
         self.run: Run | None = None
         self.wiring: Wiring | None = None
         self.sizes = Sizes(
@@ -138,12 +144,83 @@ class Session:
             embedded=self.embedded is not None,
             pid=self.embedded.pid if self.embedded else None,
         )
+        self._start_monitor(base_url)
         try:
             asyncio.run(self._preflight(credentials))
         except TargetError:
             self.target_unusable = True
             raise
         return self.run
+
+    def _start_monitor(self, base_url: str) -> None:
+        s, run = self.settings, self.run
+        assert run is not None
+        source = s.memory_source
+        if source == "auto":
+            source = "psutil" if self.embedded is not None else "prometheus"
+        plan = ProbePlan(
+            source=source,
+            pid=self.embedded.pid if self.embedded is not None else None,
+            metrics_url=None if source == "none" else base_url + s.metrics_path,
+            memory_metric=s.memory_metric,
+            gauges=tuple(dict.fromkeys((*s.gauges, s.sessions_metric))) if source != "none" else (),
+            json_url=s.json_probe_url,
+            json_path=s.json_probe_path,
+        )
+        self.monitor = Monitor(
+            plan,
+            report_dir=self.report_dir,
+            started_at=run.clock.origin,
+            counters=lambda: {
+                SESSIONS: run.counts["connections"],
+                "messages": run.counts["messages_sent"],
+                "events": run.counts["events_received"],
+            },
+            interval_s=s.sample_interval,
+        )
+        self.monitor.start()
+
+    def judge_resources(self, scenario: ScenarioId = RUN_END) -> None:
+        """``resource_leak`` and ``memory_growth`` over the timeline so far.
+
+        Call when every user has disconnected: samples the gauges (idle points)
+        until they are back at their first values or the grace period is over.
+        """
+        run, monitor, s = self.run, self.monitor, self.settings
+        if run is None or monitor is None:
+            return
+        quiet = run.clock.mono()
+        idle_values = gauge_idle_values(monitor.samples, s.gauges)
+        for gauge in s.gauges:
+            if gauge not in idle_values and monitor.plan.source != "none":
+                run.error("gauge_unreadable", f"{gauge}: no reading; resource_leak not judged")
+        deadline = quiet + s.gauge_grace
+        while True:
+            sample = monitor.sample("quiet", idle=True)
+            settled = sample is not None and all(
+                sample.values.get(g, float("inf")) <= v for g, v in idle_values.items()
+            )
+            if settled or run.clock.mono() >= deadline:
+                break
+            time.sleep(0.25)
+        samples = monitor.samples
+        run.add_findings(
+            gauge_findings(
+                samples,
+                idle_values=idle_values,
+                quiet_since_s=quiet,
+                grace_s=s.gauge_grace,
+                scenario=scenario,
+                seed=self.seed,
+            )
+        )
+        decision = memory_decision(
+            samples, floor_bytes_per_session=s.memory_floor_bytes_per_session, seed=self.seed
+        )
+        self.extra["memory"] = decision_json(decision, samples)
+        finding = memory_finding(decision, scenario, self.seed)
+        if finding is not None:
+            run.add_findings([finding])
 
     def _credentials(self, secret: str | None) -> Credentials:
         s = self.settings
@@ -242,6 +319,8 @@ class Session:
             if error is not None:
                 self.run.error("target_error", error)
             self.run.finish_lifecycles()
+            if not interrupted:
+                self.judge_resources()
             self.run.log.flush()
             verdict = self.run.verdict(
                 interrupted=interrupted, target_unusable=self.target_unusable or error is not None
@@ -250,6 +329,8 @@ class Session:
             self.render_report()
             return verdict, path
         finally:
+            if self.monitor is not None:
+                self.monitor.stop()
             if self.run is not None:
                 self.run.close()
             if self.embedded is not None:

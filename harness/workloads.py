@@ -30,6 +30,10 @@ from harness.users import PendingRun, SimUser, UserConnection, make_identity
 T = TypeVar("T")
 SETTLE_S = 0.3
 """Pause after the last run ends, before closing, so late duplicates are seen."""
+ABANDON_AFTER_S = 2.0
+"""Once the run has a violation, unfinished runs are waited for this long, not the full
+lifecycle timeout: the verdict is already ``fail``, and a service that loses or misroutes
+events would otherwise make every later scenario wait out the timeout."""
 
 
 @dataclass(slots=True)
@@ -104,14 +108,46 @@ async def send(env: Env, conn: UserConnection, thread_id: str) -> PendingRun | N
 
 
 async def finish(env: Env, conns: Sequence[UserConnection], *, abrupt: bool = False) -> None:
-    """Wait for every run, judge them while the connections are open, then close."""
+    """Wait for every run, judge them while the connections are open, then close.
+
+    A run is judged lost only after the full lifecycle timeout. Once the run
+    already has a violation, waiting stops after :data:`ABANDON_AFTER_S` and
+    unfinished runs are counted as abandoned instead of judged.
+    """
+    loop = asyncio.get_running_loop()
+    began = loop.time()
     timeout = env.run.lifecycle_timeout_s
-    await asyncio.gather(*(conn.wait_runs(timeout) for conn in conns))
+    abandoned = False
+    while any(conn.in_flight for conn in conns):
+        waited = loop.time() - began
+        limit = ABANDON_AFTER_S if env.run.finding_counts else timeout
+        if waited >= limit:
+            abandoned = limit < timeout
+            break
+        await asyncio.gather(*(conn.wait_runs(min(0.25, limit - waited)) for conn in conns))
     await asyncio.sleep(SETTLE_S)
     for conn in conns:
         if conn.closed is None:
-            env.run.judge_connection(conn.id)
+            if abandoned:
+                env.run.abandon_connection(conn.id)
+            else:
+                env.run.judge_connection(conn.id)
     await asyncio.gather(*(conn.close(abrupt=abrupt) for conn in conns))
+
+
+async def first_event(env: Env, run: PendingRun | None) -> None:
+    """Wait for the first event of ``run`` (so a disconnect lands mid-run), bounded.
+
+    Bounded by the lifecycle timeout, or by :data:`ABANDON_AFTER_S` once the
+    run already has a violation (events may be going to someone else).
+    """
+    if run is None:
+        return
+    limit = ABANDON_AFTER_S if env.run.finding_counts else env.run.lifecycle_timeout_s
+    try:
+        await asyncio.wait_for(run.first_event.wait(), limit)
+    except TimeoutError:
+        return
 
 
 def _intervals(
@@ -176,7 +212,6 @@ async def disconnect_and_reconnect(
     Counts ``disconnects_mid_run`` (only disconnects that really landed while
     a run was in flight) and ``reconnects``.
     """
-    timeout = env.run.lifecycle_timeout_s
     sent: list[tuple[UserKey, PendingRun]] = []
 
     async def one_user(user: SimUser) -> None:
@@ -191,12 +226,7 @@ async def disconnect_and_reconnect(
             if r == rounds:
                 await finish(env, [conn])
                 continue
-            first = runs[0]
-            if first is not None:
-                try:
-                    await asyncio.wait_for(first.first_event.wait(), timeout)
-                except TimeoutError:
-                    pass
+            await first_event(env, runs[0])
             if conn.in_flight:
                 env.cover("disconnects_mid_run")
             await conn.close(abrupt=user.rng.random() < 0.5)
@@ -237,12 +267,8 @@ async def churn(
             env.cover("reconnects")
         runs = [await send(env, conn, thread_of(user, n)) for _ in range(user.rng.randint(1, 3))]
         sent.extend((user.key, run) for run in runs if run is not None)
-        first = runs[0]
-        if first is not None and user.rng.random() < cut_probability:
-            try:
-                await asyncio.wait_for(first.first_event.wait(), env.run.lifecycle_timeout_s)
-            except TimeoutError:
-                pass
+        if runs[0] is not None and user.rng.random() < cut_probability:
+            await first_event(env, runs[0])
             if conn.in_flight:
                 env.cover("disconnects_mid_run")
             await conn.close(abrupt=user.rng.random() < 0.5)
@@ -352,27 +378,22 @@ async def concurrent_reads(env: Env, users: Sequence[SimUser], path: str, *, bur
 
 
 async def aborted_requests(env: Env, users: Sequence[SimUser], path: str, *, rounds: int) -> None:
-    """Users start reads and give up on them mid-request, while others keep reading.
+    """Users give up on reads once they are on the wire, while other users read the same path.
 
     This is the disconnect-mid-request of the 2023 redis-py leak: a service
     that shares a backend pipe and does not clean it up when a request is
-    cancelled hands the stale answer to the next user.
+    cancelled hands the stale answer to the next user. Counts
+    ``requests_cancelled_mid_flight`` only for requests really sent and
+    cancelled before their answer.
     """
     for _ in range(rounds):
 
         async def impatient(user: SimUser) -> None:
-            await http(
-                env,
-                user,
-                "GET",
-                path,
-                purpose="aborted",
-                timeout_s=user.rng.uniform(0.001, 0.02),
-                record=False,
-            )
+            if await env.http.abandon("GET", env.base_url + path, token=user.token):
+                env.cover("requests_cancelled_mid_flight")
 
         async def patient(user: SimUser) -> None:
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(user.rng.uniform(0, 0.01))
             await http(env, user, "GET", path, purpose="read")
 
         half = len(users) // 2

@@ -21,7 +21,7 @@ def test_session_churn_keeps_users_apart(harness):
     harness.verify()
 
 
-@pytest.mark.conditions("same_path_concurrent_reads")
+@pytest.mark.conditions("requests_cancelled_mid_flight")
 def test_requests_abandoned_mid_flight_do_not_leak_answers(harness):
     users = harness.users()
     harness.write_state(users, "profile")

@@ -56,6 +56,7 @@ class LifecycleOracle:
         self._runs: dict[tuple[ConnectionId, str], _Run] = {}
         self.completed = 0
         self.cut = 0
+        self.abandoned = 0
 
     @property
     def in_flight(self) -> int:
@@ -143,6 +144,18 @@ class LifecycleOracle:
         findings: list[Finding] = []
         for key in [k for k in self._runs if k[0] == connection]:
             findings += self._judge(self._runs.pop(key), now=now)
+        return findings
+
+    def abandon_connection(self, connection: ConnectionId, now: float) -> list[Finding]:
+        """Stop tracking ``connection`` early: finished runs are judged, unfinished ones
+        are counted as abandoned (neither lost nor complete: not waited for long enough)."""
+        findings: list[Finding] = []
+        for key in [k for k in self._runs if k[0] == connection]:
+            run = self._runs.pop(key)
+            if run.completed_at is None:
+                self.abandoned += 1
+            else:
+                findings += self._judge(run, now=now)
         return findings
 
     def finish(self, now: float) -> list[Finding]:

@@ -88,6 +88,10 @@ class HttpClient(Protocol):
         """Send one request; raises ``TargetUnreachable``/``TargetError`` on failure."""
         ...
 
+    async def abandon(self, method: str, url: str, *, token: str | None = None) -> bool:
+        """Send a request and cancel it once sent, before its answer; ``True`` if so."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

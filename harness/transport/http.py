@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -22,7 +24,9 @@ class AiohttpClient:
 
     def __init__(self, *, ssl_context: ssl.SSLContext | None = None, limit: int = 256) -> None:
         connector = aiohttp.TCPConnector(limit=limit, ssl=ssl_context if ssl_context else True)
-        self._session = aiohttp.ClientSession(connector=connector)
+        tracing = aiohttp.TraceConfig()
+        tracing.on_request_headers_sent.append(_headers_sent)
+        self._session = aiohttp.ClientSession(connector=connector, trace_configs=[tracing])
 
     async def request(
         self,
@@ -53,5 +57,41 @@ class AiohttpClient:
         except aiohttp.ClientError as exc:
             raise TargetError(target, f"{method} failed: {exc}") from exc
 
+    async def abandon(self, method: str, url: str, *, token: str | None = None) -> bool:
+        """Send a request and give up on it once it is on the wire, before the answer.
+
+        Returns:
+            ``True`` if the request was sent and cancelled before its answer
+            arrived; ``False`` if the answer came first (or it never went out).
+        """
+        sent = asyncio.Event()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+        async def go() -> None:
+            async with self._session.request(
+                method, url, headers=headers, trace_request_ctx=SimpleNamespace(sent=sent)
+            ) as resp:
+                await resp.read()
+
+        task = asyncio.create_task(go())
+        waiter = asyncio.create_task(sent.wait())
+        await asyncio.wait({task, waiter}, timeout=5.0, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        abandoned = sent.is_set() and not task.done()
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, aiohttp.ClientError, OSError):
+            pass
+        return abandoned
+
     async def aclose(self) -> None:
         await self._session.close()
+
+
+async def _headers_sent(
+    session: aiohttp.ClientSession, ctx: SimpleNamespace, params: aiohttp.TraceRequestHeadersSentParams
+) -> None:
+    sent = getattr(ctx.trace_request_ctx, "sent", None)
+    if isinstance(sent, asyncio.Event):
+        sent.set()

@@ -1,0 +1,754 @@
+"""Settings: one option table for the CLI, the pytest plugin and the config file.
+
+:data:`OPTIONS` is the single source of truth: the CLI and the pytest plugin
+generate their flags, ini twins and help from it, and :func:`resolve_settings`
+reads every source through it.
+
+Precedence, per key (STYLE.md §8): command-line flag > environment variable >
+config file > default. A flag given as ``None`` and an empty environment
+variable count as unset.
+
+The config file is, in order: the ``config_path`` the caller names; else
+``isoharness.toml`` in the working directory (top-level keys, or a
+``[tool.isoharness]`` table, not both); else the ``[tool.isoharness]`` table of
+``pyproject.toml`` there; else none. Relative paths are resolved against the
+config file's folder when they come from the file, else against the working
+directory.
+
+Secrets are never read from a config file: the JWT secret comes from
+``--jwt-secret``, ``$ISOHARNESS_JWT_SECRET`` or the file named by
+``jwt_secret_file``. When both a secret and a secret file are given, the one
+from the higher-precedence source wins; both from the same source is an error.
+
+Every bad value is one :class:`~harness.errors.ConfigError` naming the key,
+the value (``'***'`` for a secret), where it came from (``--users``,
+``$ISOHARNESS_USERS``, ``isoharness.toml``, ``pyproject.toml [tool.isoharness]``)
+and what is allowed::
+
+    invalid users -3 from isoharness.toml: an integer >= 2
+    invalid key 'user' from isoharness.toml: unknown key; did you mean 'users'?
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from harness.errors import ConfigError
+from harness.safety import MASK, safe_url
+from harness.types import DeliveryPolicy
+
+CredentialsKind = Literal["jwt", "static", "hook"]
+MemorySource = Literal["auto", "prometheus", "psutil", "json", "none"]
+
+#: Where a value came from when no source set it.
+DEFAULT_SOURCE = "default"
+
+# --- parsers: each takes a raw value (a flag or env string, or any TOML value)
+# --- and returns the typed value, or raises ValueError(<what is allowed>).
+
+DURATION_ALLOWED = "a positive number of seconds, or a duration such as 30s, 30m, 8h, 1h30m"
+_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
+_DURATION = re.compile(rf"(?:{_NUMBER}h)?(?:{_NUMBER}m)?(?:{_NUMBER}s)?")
+
+
+def parse_duration(text: object) -> float:
+    """Seconds from ``90``, ``2.5``, ``"90"``, ``"30s"``, ``"30m"``, ``"8h"`` or ``"1h30m"``.
+
+    Units are ``h``, ``m`` and ``s``, largest first, each at most once,
+    case-insensitive, no spaces inside. A bare number is seconds.
+
+    Raises:
+        ValueError: ``DURATION_ALLOWED`` for anything else, and for a value
+            that is not finite and > 0.
+    """
+    if isinstance(text, bool):
+        raise ValueError(DURATION_ALLOWED)
+    if isinstance(text, int | float):
+        seconds = float(text)
+    elif isinstance(text, str):
+        value = text.strip().lower()
+        match = _DURATION.fullmatch(value)
+        if re.fullmatch(_NUMBER, value):
+            seconds = float(value)
+        elif value and match is not None:
+            h, m, s = (float(g) if g else 0.0 for g in match.groups())
+            seconds = h * 3600 + m * 60 + s
+        else:
+            raise ValueError(DURATION_ALLOWED)
+    else:
+        raise ValueError(DURATION_ALLOWED)
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(DURATION_ALLOWED)
+    return seconds
+
+
+def _int(minimum: int) -> Callable[[object], object]:
+    allowed = f"an integer >= {minimum}"
+
+    def parse(value: object) -> object:
+        if isinstance(value, bool):
+            raise ValueError(allowed)
+        if isinstance(value, int):
+            number = value
+        elif isinstance(value, str):
+            try:
+                number = int(value.strip())
+            except ValueError:
+                raise ValueError(allowed) from None
+        else:
+            raise ValueError(allowed)
+        if number < minimum:
+            raise ValueError(allowed)
+        return number
+
+    return parse
+
+
+def _float(minimum: float, *, strict: bool) -> Callable[[object], object]:
+    allowed = f"a number {'>' if strict else '>='} {minimum:g}"
+
+    def parse(value: object) -> object:
+        if isinstance(value, bool):
+            raise ValueError(allowed)
+        if isinstance(value, int | float):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                raise ValueError(allowed) from None
+        else:
+            raise ValueError(allowed)
+        if not math.isfinite(number) or number < minimum or (strict and number == minimum):
+            raise ValueError(allowed)
+        return number
+
+    return parse
+
+
+def _choice(*options: str) -> Callable[[object], object]:
+    allowed = "one of " + ", ".join(options)
+
+    def parse(value: object) -> object:
+        if not isinstance(value, str) or value.strip().lower() not in options:
+            raise ValueError(allowed)
+        return value.strip().lower()
+
+    return parse
+
+
+def _policy(value: object) -> object:
+    try:
+        return DeliveryPolicy(str(value).strip().lower())
+    except ValueError:
+        raise ValueError("one of " + ", ".join(p.value for p in DeliveryPolicy)) from None
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _bool(value: object) -> object:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, str | int) else ""
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError("true or false (also 1/0, yes/no, on/off)")
+
+
+def _text(value: object) -> object:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("a non-empty string")
+    return value.strip()
+
+
+def _url_path(value: object) -> object:
+    if not isinstance(value, str) or not value.strip().startswith("/"):
+        raise ValueError("a URL path starting with '/', e.g. /metrics")
+    return value.strip()
+
+
+_URL_ALLOWED = "an http://, https://, ws:// or wss:// URL with a host, e.g. https://api.example.com"
+
+
+def _url(value: object) -> object:
+    if not isinstance(value, str):
+        raise ValueError(_URL_ALLOWED)
+    text = value.strip()
+    try:
+        parts = urlsplit(text)
+        _ = parts.port  # raises ValueError on a bad port
+    except ValueError:
+        raise ValueError(_URL_ALLOWED) from None
+    if parts.scheme.lower() not in ("http", "https", "ws", "wss") or not parts.hostname:
+        raise ValueError(_URL_ALLOWED)
+    if parts.username is not None or parts.password is not None:
+        # Userinfo would be written into every report; credentials have their own options.
+        raise ValueError(_URL_ALLOWED + ", without user:password (use the credentials options)")
+    if parts.query or parts.fragment:
+        raise ValueError(_URL_ALLOWED + ", without a query string or fragment")
+    return text.rstrip("/")
+
+
+def _path(value: object) -> object:
+    if not isinstance(value, str | Path) or not str(value).strip():
+        raise ValueError("a file or folder path")
+    return Path(str(value).strip()).expanduser()
+
+
+def _existing_file(value: object) -> object:
+    path = _path(value)
+    assert isinstance(path, Path)
+    if not path.is_file():
+        raise ValueError(f"an existing file (no file at {path})")
+    return path
+
+
+def _names(value: object) -> object:
+    allowed = "a list of strings, or one comma-separated string"
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+        items = list(value)
+    else:
+        raise ValueError(allowed)
+    return tuple(item.strip() for item in items if item.strip())
+
+
+_DOTTED = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
+
+
+def _hook(value: object) -> object:
+    if not isinstance(value, str) or not re.fullmatch(rf"{_DOTTED}:{_DOTTED}", value.strip()):
+        raise ValueError("'package.module:function'")
+    return value.strip()
+
+
+#: Parsers whose raw value is a path, resolved against its source's folder first.
+_PATH_PARSERS: frozenset[Callable[[object], object]] = frozenset({_path, _existing_file})
+
+
+# --- the option table ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OptionSpec:
+    """One setting, as every front end shows it.
+
+    Attributes:
+        name: the settings field and config-file key, e.g. ``connections_per_user``.
+        flag: the command-line flag, e.g. ``--connections-per-user``.
+        env: the environment variable, e.g. ``ISOHARNESS_CONNECTIONS_PER_USER``.
+        help: one line shared by the CLI, the pytest option and its ini twin.
+        parse: raw value → typed value; raises ``ValueError(<what is allowed>)``.
+        default: the value when no source sets one (already typed).
+        secret: never read from a config file and never printed.
+    """
+
+    name: str
+    flag: str
+    env: str | None
+    help: str
+    parse: Callable[[object], object]
+    default: object
+    secret: bool = False
+
+
+def _opt(
+    name: str,
+    help: str,
+    parse: Callable[[object], object],
+    default: object,
+    *,
+    secret: bool = False,
+) -> OptionSpec:
+    flag = "--" + name.replace("_", "-")
+    return OptionSpec(name, flag, "ISOHARNESS_" + name.upper(), help, parse, default, secret)
+
+
+_positive = _float(0, strict=True)
+_non_negative = _float(0, strict=False)
+
+OPTIONS: tuple[OptionSpec, ...] = (
+    _opt(
+        "target_url",
+        "base URL of the target (default: start the embedded reference service)",
+        _url,
+        None,
+    ),
+    _opt(
+        "jwt_secret",
+        "HS256 secret to mint tokens with (prefer $ISOHARNESS_JWT_SECRET or jwt_secret_file)",
+        _text,
+        None,
+        secret=True,
+    ),
+    _opt(
+        "jwt_secret_file",
+        "file holding the HS256 secret (surrounding whitespace ignored)",
+        _path,
+        None,
+    ),
+    _opt(
+        "credentials",
+        "credential provider: jwt, static (needs tokens_file) or hook (needs login_hook)",
+        _choice("jwt", "static", "hook"),
+        "jwt",
+    ),
+    _opt(
+        "tokens_file",
+        "file of '<tenant> <user> <token>' lines, for credentials = static",
+        _existing_file,
+        None,
+    ),
+    _opt(
+        "login_hook",
+        "'package.module:function' returning a user's token, for credentials = hook",
+        _hook,
+        None,
+    ),
+    _opt(
+        "delivery_policy",
+        "who may receive another user's events: owner_only or same_tenant",
+        _policy,
+        DeliveryPolicy.OWNER_ONLY,
+    ),
+    _opt("users", "simulated users per scenario (at least 2)", _int(2), 8),
+    _opt("tenants", "tenants the users are spread over (at most users)", _int(1), 2),
+    _opt("connections_per_user", "connections each user keeps open", _int(1), 2),
+    _opt("messages_per_user", "messages each user sends per round", _int(1), 3),
+    _opt(
+        "duration",
+        "length of sustained scenarios: seconds, or 30s, 30m, 8h, 1h30m",
+        parse_duration,
+        5.0,
+    ),
+    _opt("rate", "new sessions per second in churn and soak", _positive, 20.0),
+    _opt("seed", "seed for every random choice (default: chosen and reported)", _int(0), None),
+    _opt("report_dir", "report folder (default: reports/<run id>)", _path, None),
+    _opt(
+        "scenarios",
+        "folder of scenario files (default: the ones shipped with isoharness)",
+        _path,
+        None,
+    ),
+    _opt(
+        "lifecycle_timeout",
+        "seconds a run may take before a missing event counts as lost",
+        _positive,
+        10.0,
+    ),
+    _opt(
+        "allowed_targets",
+        "host or host:port patterns a non-loopback target must match (comma-separated)",
+        _names,
+        (),
+    ),
+    _opt(
+        "ca_bundle", "CA bundle to verify the target's TLS certificate with", _existing_file, None
+    ),
+    _opt("insecure", "do not verify the target's TLS certificate", _bool, False),
+    _opt(
+        "memory_source",
+        "where target memory is read: auto, prometheus, psutil, json or none",
+        _choice("auto", "prometheus", "psutil", "json", "none"),
+        "auto",
+    ),
+    _opt("metrics_path", "path of the Prometheus metrics endpoint", _url_path, "/metrics"),
+    _opt(
+        "memory_metric",
+        "Prometheus metric holding the target's memory in bytes",
+        _text,
+        "process_resident_memory_bytes",
+    ),
+    _opt(
+        "sessions_metric",
+        "Prometheus counter of sessions the target served",
+        _text,
+        "aep_sessions_total",
+    ),
+    _opt(
+        "gauges",
+        "gauges that must return to idle after the run (comma-separated)",
+        _names,
+        ("aep_connections_active", "aep_runs_active"),
+    ),
+    _opt(
+        "json_probe_url",
+        "URL of a JSON endpoint reporting memory, for memory_source = json",
+        _url,
+        None,
+    ),
+    _opt(
+        "json_probe_path",
+        "dotted path to the memory number in that JSON, e.g. process.rss",
+        _text,
+        None,
+    ),
+    _opt("sample_interval", "seconds between memory and gauge samples", _positive, 1.0),
+    _opt(
+        "memory_floor_bytes_per_session",
+        "growth per session at or below this many bytes is never a violation",
+        _non_negative,
+        2048.0,
+    ),
+    _opt(
+        "gauge_grace",
+        "seconds gauges get to return to idle after the last user leaves",
+        _non_negative,
+        5.0,
+    ),
+    _opt("progress_interval", "seconds between progress lines in long runs", _positive, 10.0),
+)
+#: :data:`OPTIONS` by name.
+BY_NAME: Mapping[str, OptionSpec] = MappingProxyType({spec.name: spec for spec in OPTIONS})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Resolved settings; :data:`OPTIONS` documents each field.
+
+    ``sources`` maps each key to where its value came from (a flag,
+    ``$ENV``, a config file label, or ``"default"``), so later checks can name
+    the source too: ``check_target_allowed(url, allowed, source=s.source_of("target_url"))``.
+    """
+
+    target_url: str | None = None
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwt_secret_file: Path | None = None
+    credentials: CredentialsKind = "jwt"
+    tokens_file: Path | None = None
+    login_hook: str | None = None
+    delivery_policy: DeliveryPolicy = DeliveryPolicy.OWNER_ONLY
+    users: int = 8
+    tenants: int = 2
+    connections_per_user: int = 2
+    messages_per_user: int = 3
+    duration: float = 5.0
+    rate: float = 20.0
+    seed: int | None = None
+    report_dir: Path | None = None
+    scenarios: Path | None = None
+    lifecycle_timeout: float = 10.0
+    allowed_targets: tuple[str, ...] = ()
+    ca_bundle: Path | None = None
+    insecure: bool = False
+    memory_source: MemorySource = "auto"
+    metrics_path: str = "/metrics"
+    memory_metric: str = "process_resident_memory_bytes"
+    sessions_metric: str = "aep_sessions_total"
+    gauges: tuple[str, ...] = ("aep_connections_active", "aep_runs_active")
+    json_probe_url: str | None = None
+    json_probe_path: str | None = None
+    sample_interval: float = 1.0
+    memory_floor_bytes_per_session: float = 2048.0
+    gauge_grace: float = 5.0
+    progress_interval: float = 10.0
+    sources: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), compare=False, repr=False
+    )
+
+    def source_of(self, key: str) -> str:
+        """Where ``key`` came from: ``--users``, ``$ISOHARNESS_USERS``, a file, or ``default``."""
+        return self.sources.get(key, DEFAULT_SOURCE)
+
+    def public_dict(self) -> dict[str, Any]:
+        """Every non-secret setting, JSON-safe (paths and enums as ``str``, tuples as lists).
+
+        Secrets are left out entirely, not masked: the report never even says
+        whether one was set.
+        """
+        out: dict[str, Any] = {}
+        for spec in OPTIONS:
+            if spec.secret:
+                continue
+            value = getattr(self, spec.name)
+            if isinstance(value, Path | DeliveryPolicy):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[spec.name] = value
+        return out
+
+
+# --- config files -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _ConfigFile:
+    values: dict[str, object]
+    label: str  # the source named in errors
+    folder: Path  # relative paths in the file are resolved against this
+
+
+_ISOHARNESS_TOML = "isoharness.toml"
+_PYPROJECT = "pyproject.toml"
+_TABLE = "[tool.isoharness]"
+
+
+def _load_config(cwd: Path, config_path: Path | None) -> _ConfigFile | None:
+    if config_path is not None:
+        path = config_path if config_path.is_absolute() else cwd / config_path
+        if not path.is_file():
+            raise ConfigError(
+                "config", str(config_path), "--config", f"no such file ({path}); name a TOML file"
+            )
+        return _from_isoharness_toml(path, str(config_path))
+    local = cwd / _ISOHARNESS_TOML
+    if local.is_file():
+        return _from_isoharness_toml(local, _ISOHARNESS_TOML)
+    project = cwd / _PYPROJECT
+    if project.is_file():
+        data = _read_toml(project, _PYPROJECT)
+        table = _tool_table(data, f"{_PYPROJECT} {_TABLE}")
+        if table is not None:
+            return _ConfigFile(table, f"{_PYPROJECT} {_TABLE}", project.parent)
+    return None
+
+
+def _from_isoharness_toml(path: Path, label: str) -> _ConfigFile:
+    data = _read_toml(path, label)
+    table = _tool_table(data, f"{label} {_TABLE}")
+    top = {key: value for key, value in data.items() if key != "tool"}
+    if table is None:
+        return _ConfigFile(top, label, path.parent)
+    if top:
+        first = next(iter(top))
+        raise ConfigError("key", first, label, f"use top-level keys or a {_TABLE} table, not both")
+    return _ConfigFile(table, f"{label} {_TABLE}", path.parent)
+
+
+def _tool_table(data: dict[str, Any], label: str) -> dict[str, object] | None:
+    tool = data.get("tool")
+    if not isinstance(tool, dict) or "isoharness" not in tool:
+        return None
+    table = tool["isoharness"]
+    if not isinstance(table, dict):
+        raise ConfigError("key", "tool.isoharness", label, "must be a table of settings")
+    return dict(table)
+
+
+_TOML_WHERE = re.compile(r"\s*\((at line \d+, column \d+|at end of document)\)$")
+
+
+def _read_toml(path: Path, label: str) -> dict[str, Any]:
+    """The parsed file; a syntax error becomes one line naming the file and the line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("config file", label, str(path), "not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError("config file", label, str(path), f"unreadable ({exc.strerror})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib says "Invalid value (at line 3, column 9)"; the line becomes the source.
+        message = str(exc).splitlines()[0]
+        where = _TOML_WHERE.search(message)
+        source = where.group(1).removeprefix("at ") if where else "somewhere"
+        reason = message[: where.start()] if where else message
+        raise ConfigError("config file", label, source, f"not valid TOML: {reason}") from None
+
+
+def _unknown_key(key: str, label: str) -> ConfigError:
+    # Secret keys are not offered: they are refused in config files anyway.
+    known = sorted(spec.name for spec in OPTIONS if not spec.secret)
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else "known keys: " + ", ".join(known)
+    return ConfigError("key", key, label, f"unknown key; {hint}")
+
+
+def _check_keys(config: _ConfigFile) -> None:
+    for key in config.values:
+        spec = BY_NAME.get(key)
+        if spec is None:
+            # The key's value is never shown: a misspelt secret key would leak it.
+            raise _unknown_key(key, config.label)
+        if spec.secret:
+            raise ConfigError(
+                key,
+                MASK,
+                config.label,
+                f"secrets are not read from config files; set ${spec.env} or jwt_secret_file",
+            )
+
+
+# --- resolution -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Raw:
+    value: object
+    source: str
+    rank: int  # 0 flag, 1 environment, 2 config file
+    folder: Path  # what a relative path is relative to
+
+
+def _pick(
+    spec: OptionSpec,
+    cli: Mapping[str, object | None],
+    env: Mapping[str, str],
+    config: _ConfigFile | None,
+    cwd: Path,
+) -> _Raw | None:
+    if cli.get(spec.name) is not None:
+        return _Raw(cli[spec.name], spec.flag, 0, cwd)
+    if spec.env is not None and env.get(spec.env, "").strip():
+        return _Raw(env[spec.env], f"${spec.env}", 1, cwd)
+    if config is not None and spec.name in config.values:
+        return _Raw(config.values[spec.name], config.label, 2, config.folder)
+    return None
+
+
+def _shown(spec: OptionSpec, value: object) -> object:
+    """The raw value as an error may show it: secrets masked, URL credentials removed."""
+    if spec.secret:
+        return MASK
+    if isinstance(value, str) and spec.parse is _url:
+        return safe_url(value)
+    return value
+
+
+def resolve_settings(
+    cli: Mapping[str, object | None],
+    *,
+    env: Mapping[str, str],
+    cwd: Path,
+    config_path: Path | None = None,
+) -> Settings:
+    """Resolve every setting from the flags, the environment and the config file.
+
+    Args:
+        cli: option name → value from the command line; ``None`` (or a missing
+            name) means the flag was not given. Values may be strings or typed.
+        env: the environment (``os.environ``); empty variables count as unset.
+        cwd: the working directory: where ``isoharness.toml`` and
+            ``pyproject.toml`` are looked for, and what relative paths from
+            flags and the environment are relative to.
+        config_path: an explicit config file (``--config``), read like
+            ``isoharness.toml``; it must exist.
+
+    Returns:
+        The settings, with ``jwt_secret`` already read from ``jwt_secret_file``
+        when that is where it comes from, and ``sources`` filled in.
+
+    Raises:
+        ConfigError: for the first bad value found (config file problems first,
+            then options in :data:`OPTIONS` order, then cross-field checks),
+            naming the key, the value (``'***'`` for a secret), the source and
+            what is allowed.
+    """
+    config = _load_config(cwd, config_path)
+    if config is not None:
+        _check_keys(config)
+    values: dict[str, object] = {}
+    picked: dict[str, _Raw] = {}
+    for spec in OPTIONS:
+        raw = _pick(spec, cli, env, config, cwd)
+        if raw is None:
+            values[spec.name] = spec.default
+            continue
+        picked[spec.name] = raw
+        given = raw.value
+        if spec.parse in _PATH_PARSERS and isinstance(given, str | Path) and str(given).strip():
+            given = raw.folder / Path(str(given).strip()).expanduser()
+        try:
+            values[spec.name] = spec.parse(given)
+        except ValueError as exc:
+            raise ConfigError(spec.name, _shown(spec, raw.value), raw.source, str(exc)) from None
+    sources = {name: raw.source for name, raw in picked.items()}
+    _resolve_secret(values, picked)
+    _cross_check(values, sources)
+    return Settings(**values, sources=MappingProxyType(sources))  # type: ignore[arg-type]
+
+
+def _resolve_secret(values: dict[str, object], picked: Mapping[str, _Raw]) -> None:
+    """Fill ``jwt_secret`` from ``jwt_secret_file`` when the file's source outranks it."""
+    secret, secret_file = picked.get("jwt_secret"), picked.get("jwt_secret_file")
+    if secret_file is None:
+        return
+    path = values["jwt_secret_file"]
+    assert isinstance(path, Path)
+    if secret is not None:
+        if secret.rank == secret_file.rank:
+            raise ConfigError(
+                "jwt_secret_file",
+                str(secret_file.value),
+                secret_file.source,
+                f"{secret.source} is set too; give the secret or the secret file, not both",
+            )
+        if secret.rank < secret_file.rank:
+            return
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        reason = "no such file" if isinstance(exc, FileNotFoundError) else exc.strerror
+        raise ConfigError(
+            "jwt_secret_file",
+            str(path),
+            secret_file.source,
+            f"{reason}; name a file holding the secret",
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            "jwt_secret_file", str(path), secret_file.source, "not UTF-8 text"
+        ) from None
+    if not text:
+        raise ConfigError(
+            "jwt_secret_file",
+            str(path),
+            secret_file.source,
+            "the file is empty; put the secret in it",
+        )
+    values["jwt_secret"] = text
+
+
+def _cross_check(values: Mapping[str, object], sources: Mapping[str, str]) -> None:
+    """Rules between options; each error names the option that makes the demand."""
+
+    def where(key: str) -> str:
+        return sources.get(key, DEFAULT_SOURCE)
+
+    def ways(key: str) -> str:
+        spec = BY_NAME[key]
+        return f"set {spec.flag}, ${spec.env} or {key} in the config file"
+
+    if values["credentials"] == "static" and values["tokens_file"] is None:
+        raise ConfigError(
+            "credentials",
+            "static",
+            where("credentials"),
+            f"needs tokens_file; {ways('tokens_file')}",
+        )
+    if values["credentials"] == "hook" and values["login_hook"] is None:
+        raise ConfigError(
+            "credentials", "hook", where("credentials"), f"needs login_hook; {ways('login_hook')}"
+        )
+    users, tenants = values["users"], values["tenants"]
+    assert isinstance(users, int)
+    assert isinstance(tenants, int)
+    if tenants > users:
+        raise ConfigError(
+            "tenants",
+            tenants,
+            where("tenants"),
+            f"at most users ({users} from {where('users')}); every tenant needs a user",
+        )
+    if values["memory_source"] == "json":
+        for key in ("json_probe_url", "json_probe_path"):
+            if values[key] is None:
+                raise ConfigError(
+                    "memory_source", "json", where("memory_source"), f"needs {key}; {ways(key)}"
+                )

@@ -1,0 +1,559 @@
+"""harness.settings: one option table, three sources, one precedence, exact errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from harness.errors import ConfigError
+from harness.settings import (
+    BY_NAME,
+    DURATION_ALLOWED,
+    OPTIONS,
+    Settings,
+    parse_duration,
+    resolve_settings,
+)
+from harness.types import DeliveryPolicy
+
+SECRET = "s3cr3t-value-never-shown"
+
+
+def resolve(
+    cwd: Path,
+    cli: Mapping[str, object | None] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_path: Path | None = None,
+) -> Settings:
+    return resolve_settings(cli or {}, env=env or {}, cwd=cwd, config_path=config_path)
+
+
+def error(
+    cwd: Path,
+    cli: Mapping[str, object | None] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_path: Path | None = None,
+) -> str:
+    with pytest.raises(ConfigError) as info:
+        resolve(cwd, cli, env, config_path)
+    return str(info.value)
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- the option table -----------------------------------------------------------
+
+
+def test_every_option_is_a_settings_field_with_the_same_default() -> None:
+    fields = {f.name: f for f in dataclasses.fields(Settings) if f.name != "sources"}
+    assert list(fields) == [spec.name for spec in OPTIONS]
+    for spec in OPTIONS:
+        assert fields[spec.name].default == spec.default, spec.name
+
+
+def test_flags_and_environment_variables_follow_the_option_names() -> None:
+    for spec in OPTIONS:
+        assert spec.flag == "--" + spec.name.replace("_", "-")
+        assert spec.env == "ISOHARNESS_" + spec.name.upper()
+        assert spec.help
+        assert "\n" not in spec.help
+    assert [spec.name for spec in OPTIONS if spec.secret] == ["jwt_secret"]
+    assert BY_NAME["users"].flag == "--users"
+
+
+def test_nothing_set_gives_the_defaults(tmp_path: Path) -> None:
+    settings = resolve(tmp_path)
+    assert settings == Settings()
+    assert settings.target_url is None
+    assert settings.delivery_policy is DeliveryPolicy.OWNER_ONLY
+    assert settings.gauges == ("aep_connections_active", "aep_runs_active")
+    assert settings.source_of("users") == "default"
+
+
+# --- precedence -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cli", "env", "file", "expected", "source"),
+    [
+        (None, None, None, 8, "default"),
+        (None, None, 3, 3, "isoharness.toml"),
+        (None, "4", 3, 4, "$ISOHARNESS_USERS"),
+        ("5", "4", 3, 5, "--users"),
+        ("5", None, 3, 5, "--users"),
+        ("5", "4", None, 5, "--users"),
+        (None, "4", None, 4, "$ISOHARNESS_USERS"),
+        (6, None, None, 6, "--users"),
+    ],
+)
+def test_cli_beats_environment_beats_config_file_beats_default(
+    tmp_path: Path,
+    cli: object | None,
+    env: str | None,
+    file: int | None,
+    expected: int,
+    source: str,
+) -> None:
+    if file is not None:
+        write(tmp_path, "isoharness.toml", f"users = {file}\n")
+    settings = resolve(
+        tmp_path,
+        cli={"users": cli},
+        env={"ISOHARNESS_USERS": env} if env is not None else {},
+    )
+    assert settings.users == expected
+    assert settings.source_of("users") == source
+
+
+def test_an_empty_environment_variable_counts_as_unset(tmp_path: Path) -> None:
+    write(tmp_path, "isoharness.toml", "users = 3\n")
+    assert resolve(tmp_path, env={"ISOHARNESS_USERS": ""}).users == 3
+
+
+@pytest.mark.parametrize(
+    ("cli", "env", "file", "message"),
+    [
+        ("-3", None, None, "invalid users '-3' from --users: an integer >= 2"),
+        (None, "-3", None, "invalid users '-3' from $ISOHARNESS_USERS: an integer >= 2"),
+        (None, None, "-3", "invalid users -3 from isoharness.toml: an integer >= 2"),
+        (None, "many", "4", "invalid users 'many' from $ISOHARNESS_USERS: an integer >= 2"),
+    ],
+)
+def test_errors_name_the_source_the_bad_value_came_from(
+    tmp_path: Path, cli: str | None, env: str | None, file: str | None, message: str
+) -> None:
+    if file is not None:
+        write(tmp_path, "isoharness.toml", f"users = {file}\n")
+    env_map = {"ISOHARNESS_USERS": env} if env is not None else {}
+    assert error(tmp_path, cli={"users": cli}, env=env_map) == message
+
+
+# --- config files ---------------------------------------------------------------
+
+
+def test_isoharness_toml_top_level_keys(tmp_path: Path) -> None:
+    write(tmp_path, "isoharness.toml", 'users = 4\ndelivery_policy = "same_tenant"\n')
+    settings = resolve(tmp_path)
+    assert (settings.users, settings.delivery_policy) == (4, DeliveryPolicy.SAME_TENANT)
+
+
+def test_isoharness_toml_tool_table(tmp_path: Path) -> None:
+    write(tmp_path, "isoharness.toml", "[tool.isoharness]\nusers = 4\n")
+    settings = resolve(tmp_path)
+    assert settings.users == 4
+    assert settings.source_of("users") == "isoharness.toml [tool.isoharness]"
+
+
+def test_isoharness_toml_refuses_top_level_keys_and_a_tool_table_together(tmp_path: Path) -> None:
+    write(tmp_path, "isoharness.toml", "users = 4\n[tool.isoharness]\ntenants = 2\n")
+    assert error(tmp_path) == (
+        "invalid key 'users' from isoharness.toml: "
+        "use top-level keys or a [tool.isoharness] table, not both"
+    )
+
+
+def test_pyproject_tool_table(tmp_path: Path) -> None:
+    write(tmp_path, "pyproject.toml", '[project]\nname = "x"\n[tool.isoharness]\nusers = 5\n')
+    settings = resolve(tmp_path)
+    assert settings.users == 5
+    assert settings.source_of("users") == "pyproject.toml [tool.isoharness]"
+
+
+def test_pyproject_errors_name_the_table(tmp_path: Path) -> None:
+    write(tmp_path, "pyproject.toml", "[tool.isoharness]\nusers = 1\n")
+    assert error(tmp_path) == (
+        "invalid users 1 from pyproject.toml [tool.isoharness]: an integer >= 2"
+    )
+
+
+def test_pyproject_without_the_table_is_no_config(tmp_path: Path) -> None:
+    write(tmp_path, "pyproject.toml", '[project]\nname = "x"\n[tool.ruff]\nline-length = 1\n')
+    assert resolve(tmp_path) == Settings()
+
+
+def test_isoharness_toml_wins_over_pyproject(tmp_path: Path) -> None:
+    write(tmp_path, "isoharness.toml", "users = 4\n")
+    write(tmp_path, "pyproject.toml", "[tool.isoharness]\nusers = 5\ntenants = 3\n")
+    settings = resolve(tmp_path)
+    assert (settings.users, settings.tenants) == (4, 2)
+
+
+def test_an_explicit_config_path_replaces_discovery(tmp_path: Path) -> None:
+    write(tmp_path, "isoharness.toml", "users = 4\n")
+    write(tmp_path, "conf/staging.toml", "users = 1\n")
+    assert error(tmp_path, config_path=Path("conf/staging.toml")) == (
+        "invalid users 1 from conf/staging.toml: an integer >= 2"
+    )
+
+
+def test_a_missing_explicit_config_file_is_named(tmp_path: Path) -> None:
+    assert error(tmp_path, config_path=Path("nope.toml")) == (
+        f"invalid config 'nope.toml' from --config: "
+        f"no such file ({tmp_path / 'nope.toml'}); name a TOML file"
+    )
+
+
+def test_unknown_key_suggests_the_closest(tmp_path: Path) -> None:
+    write(tmp_path, "isoharness.toml", "user = 4\n")
+    assert error(tmp_path) == (
+        "invalid key 'user' from isoharness.toml: unknown key; did you mean 'users'?"
+    )
+
+
+def test_unknown_key_without_a_close_match_lists_the_known_keys(tmp_path: Path) -> None:
+    write(tmp_path, "isoharness.toml", "zzz = 4\n")
+    message = error(tmp_path)
+    assert message.startswith(
+        "invalid key 'zzz' from isoharness.toml: unknown key; known keys: allowed_targets, "
+    )
+    assert "users" in message
+    assert "jwt_secret," not in message  # refused in files anyway
+
+
+def test_a_misspelt_secret_key_is_not_echoed(tmp_path: Path) -> None:
+    write(tmp_path, "isoharness.toml", f'jwt_secrt = "{SECRET}"\n')
+    message = error(tmp_path)
+    assert message == (
+        "invalid key 'jwt_secrt' from isoharness.toml: unknown key; did you mean 'jwt_secret_file'?"
+    )
+
+
+def test_invalid_toml_is_one_line_with_the_file_and_line(tmp_path: Path) -> None:
+    write(tmp_path, "isoharness.toml", "users = 4\ntenants = = 2\n")
+    assert error(tmp_path) == (
+        "invalid config file 'isoharness.toml' from line 2, column 11: "
+        "not valid TOML: Invalid value"
+    )
+
+
+def test_invalid_toml_never_echoes_the_line(tmp_path: Path) -> None:
+    write(tmp_path, "pyproject.toml", 'jwt_secret = "unterminated\n')
+    message = error(tmp_path)
+    assert message == (
+        "invalid config file 'pyproject.toml' from line 1, column 27: "
+        "not valid TOML: Illegal character '\\n'"
+    )
+    assert "unterminated" not in message
+
+
+def test_invalid_toml_at_the_end_of_the_file(tmp_path: Path) -> None:
+    write(tmp_path, "isoharness.toml", 'gauges = ["a",\n')
+    assert error(tmp_path) == (
+        "invalid config file 'isoharness.toml' from end of document: not valid TOML: Invalid value"
+    )
+
+
+# --- values ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        (90, 90.0),
+        (2.5, 2.5),
+        ("90", 90.0),
+        (" 90 ", 90.0),
+        ("0.5", 0.5),
+        ("30s", 30.0),
+        ("30m", 1800.0),
+        ("8h", 28800.0),
+        ("1h30m", 5400.0),
+        ("1h30m15s", 5415.0),
+        ("2m30s", 150.0),
+        ("1.5h", 5400.0),
+        ("10S", 10.0),
+    ],
+)
+def test_parse_duration(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", " ", "0", "0s", "-5", "-5s", "abc", "30x", "30 s", "1m1h", "1h1h", "s", "nan", "inf",
+     True, None, [30], float("inf")],
+)  # fmt: skip
+def test_parse_duration_refuses(text: object) -> None:
+    with pytest.raises(ValueError, match="^a positive number of seconds") as info:
+        parse_duration(text)
+    assert str(info.value) == DURATION_ALLOWED
+
+
+def test_duration_error_message(tmp_path: Path) -> None:
+    assert error(tmp_path, env={"ISOHARNESS_DURATION": "soon"}) == (
+        "invalid duration 'soon' from $ISOHARNESS_DURATION: a positive number of seconds, "
+        "or a duration such as 30s, 30m, 8h, 1h30m"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1", True), ("true", True), ("Yes", True), ("on", True),
+     ("0", False), ("false", False), ("NO", False), ("off", False)],
+)  # fmt: skip
+def test_insecure_from_the_environment(tmp_path: Path, text: str, expected: bool) -> None:
+    assert resolve(tmp_path, env={"ISOHARNESS_INSECURE": text}).insecure is expected
+
+
+def test_bad_boolean(tmp_path: Path) -> None:
+    assert error(tmp_path, env={"ISOHARNESS_INSECURE": "maybe"}) == (
+        "invalid insecure 'maybe' from $ISOHARNESS_INSECURE: "
+        "true or false (also 1/0, yes/no, on/off)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("tenants = 0", "invalid tenants 0 from isoharness.toml: an integer >= 1"),
+        ("users = 2.5", "invalid users 2.5 from isoharness.toml: an integer >= 2"),
+        ("users = true", "invalid users True from isoharness.toml: an integer >= 2"),
+        ("rate = 0", "invalid rate 0 from isoharness.toml: a number > 0"),
+        ("gauge_grace = -1", "invalid gauge_grace -1 from isoharness.toml: a number >= 0"),
+        ('seed = "x"', "invalid seed 'x' from isoharness.toml: an integer >= 0"),
+        (
+            'credentials = "oauth"',
+            "invalid credentials 'oauth' from isoharness.toml: one of jwt, static, hook",
+        ),
+        (
+            'delivery_policy = "anyone"',
+            "invalid delivery_policy 'anyone' from isoharness.toml: one of owner_only, same_tenant",
+        ),
+        (
+            'memory_source = "top"',
+            "invalid memory_source 'top' from isoharness.toml: "
+            "one of auto, prometheus, psutil, json, none",
+        ),
+        (
+            'metrics_path = "metrics"',
+            "invalid metrics_path 'metrics' from isoharness.toml: "
+            "a URL path starting with '/', e.g. /metrics",
+        ),
+        (
+            'login_hook = "mod.func"',
+            "invalid login_hook 'mod.func' from isoharness.toml: 'package.module:function'",
+        ),
+        (
+            "gauges = [1, 2]",
+            "invalid gauges [1, 2] from isoharness.toml: "
+            "a list of strings, or one comma-separated string",
+        ),
+        (
+            'target_url = "ftp://example.com"',
+            "invalid target_url 'ftp://example.com' from isoharness.toml: an http://, https://, "
+            "ws:// or wss:// URL with a host, e.g. https://api.example.com",
+        ),
+        (
+            'target_url = "https://example.com/?token=x"',
+            "invalid target_url 'https://example.com/?token=x' from isoharness.toml: an http://, "
+            "https://, ws:// or wss:// URL with a host, e.g. https://api.example.com, "
+            "without a query string or fragment",
+        ),
+    ],
+)
+def test_bad_values_from_the_config_file(tmp_path: Path, toml: str, message: str) -> None:
+    write(tmp_path, "isoharness.toml", toml + "\n")
+    assert error(tmp_path) == message
+
+
+def test_a_url_with_credentials_is_refused_without_showing_them(tmp_path: Path) -> None:
+    message = error(tmp_path, cli={"target_url": "https://bob:hunter22@api.example.com"})
+    assert message == (
+        "invalid target_url 'https://***@api.example.com' from --target-url: an http://, "
+        "https://, ws:// or wss:// URL with a host, e.g. https://api.example.com, "
+        "without user:password (use the credentials options)"
+    )
+
+
+def test_typed_values(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "isoharness.toml",
+        'target_url = "https://api.staging.example.com/"\n'
+        'allowed_targets = ["*.staging.example.com", "api.example.com:8443"]\n'
+        'duration = "1h30m"\n'
+        "rate = 5\n"
+        'credentials = "Hook"\n'
+        'login_hook = "myorg.auth:login"\n',
+    )
+    settings = resolve(tmp_path, env={"ISOHARNESS_GAUGES": "a_active, b_active,"})
+    assert settings.target_url == "https://api.staging.example.com"
+    assert settings.allowed_targets == ("*.staging.example.com", "api.example.com:8443")
+    assert settings.duration == 5400.0
+    assert settings.rate == 5.0
+    assert isinstance(settings.rate, float)
+    assert settings.credentials == "hook"
+    assert settings.gauges == ("a_active", "b_active")
+
+
+def test_allowed_targets_from_a_comma_separated_flag(tmp_path: Path) -> None:
+    settings = resolve(tmp_path, cli={"allowed_targets": "a.example.com,*.b.example.com"})
+    assert settings.allowed_targets == ("a.example.com", "*.b.example.com")
+
+
+def test_relative_paths_from_the_file_are_relative_to_its_folder(tmp_path: Path) -> None:
+    write(tmp_path, "conf/tokens.txt", "t u tok\n")
+    write(tmp_path, "conf/iso.toml", 'credentials = "static"\ntokens_file = "tokens.txt"\n')
+    settings = resolve(tmp_path, config_path=tmp_path / "conf" / "iso.toml")
+    assert settings.tokens_file == tmp_path / "conf" / "tokens.txt"
+
+
+def test_relative_paths_from_flags_are_relative_to_cwd(tmp_path: Path) -> None:
+    settings = resolve(tmp_path, cli={"report_dir": "out/run1"})
+    assert settings.report_dir == tmp_path / "out" / "run1"
+
+
+def test_a_missing_ca_bundle_is_named(tmp_path: Path) -> None:
+    assert error(tmp_path, cli={"ca_bundle": "ca.pem"}) == (
+        f"invalid ca_bundle 'ca.pem' from --ca-bundle: an existing file (no file at "
+        f"{tmp_path / 'ca.pem'})"
+    )
+
+
+# --- secrets --------------------------------------------------------------------
+
+
+def test_a_secret_in_the_config_file_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    write(tmp_path, "isoharness.toml", f'jwt_secret = "{SECRET}"\n')
+    with pytest.raises(ConfigError) as info:
+        resolve(tmp_path)
+    assert str(info.value) == (
+        "invalid jwt_secret '***' from isoharness.toml: "
+        "secrets are not read from config files; set $ISOHARNESS_JWT_SECRET or jwt_secret_file"
+    )
+    assert SECRET not in repr(info.value.args)
+    assert info.value.value == "***"
+
+
+def test_a_secret_in_pyproject_is_refused_too(tmp_path: Path) -> None:
+    write(tmp_path, "pyproject.toml", f'[tool.isoharness]\njwt_secret = "{SECRET}"\n')
+    assert error(tmp_path).startswith("invalid jwt_secret '***' from pyproject.toml")
+
+
+def test_secret_from_the_environment_and_the_flag(tmp_path: Path) -> None:
+    env = {"ISOHARNESS_JWT_SECRET": "from-env"}
+    assert resolve(tmp_path, env=env).jwt_secret == "from-env"
+    assert resolve(tmp_path, cli={"jwt_secret": "from-cli"}, env=env).jwt_secret == "from-cli"
+
+
+def test_a_bad_secret_is_masked_in_the_error(tmp_path: Path) -> None:
+    assert error(tmp_path, cli={"jwt_secret": "   "}) == (
+        "invalid jwt_secret '***' from --jwt-secret: a non-empty string"
+    )
+
+
+def test_secret_from_a_file_named_in_the_config_file(tmp_path: Path) -> None:
+    write(tmp_path, "secret.txt", f"\n  {SECRET}  \n")
+    write(tmp_path, "isoharness.toml", 'jwt_secret_file = "secret.txt"\n')
+    settings = resolve(tmp_path)
+    assert settings.jwt_secret == SECRET
+    assert settings.jwt_secret_file == tmp_path / "secret.txt"
+    assert SECRET not in repr(settings)
+
+
+def test_a_missing_secret_file_is_named(tmp_path: Path) -> None:
+    env = {"ISOHARNESS_JWT_SECRET_FILE": "nope.txt"}
+    assert error(tmp_path, env=env) == (
+        f"invalid jwt_secret_file '{tmp_path / 'nope.txt'}' from $ISOHARNESS_JWT_SECRET_FILE: "
+        "no such file; name a file holding the secret"
+    )
+
+
+def test_an_empty_secret_file_is_refused(tmp_path: Path) -> None:
+    write(tmp_path, "secret.txt", "\n")
+    assert error(tmp_path, cli={"jwt_secret_file": "secret.txt"}) == (
+        f"invalid jwt_secret_file '{tmp_path / 'secret.txt'}' from --jwt-secret-file: "
+        "the file is empty; put the secret in it"
+    )
+
+
+def test_the_higher_precedence_of_secret_and_secret_file_wins(tmp_path: Path) -> None:
+    write(tmp_path, "secret.txt", "from-file")
+    # The environment's secret beats the config file's secret file, which is not even read.
+    write(tmp_path, "isoharness.toml", 'jwt_secret_file = "missing.txt"\n')
+    assert resolve(tmp_path, env={"ISOHARNESS_JWT_SECRET": "from-env"}).jwt_secret == "from-env"
+    # A secret file on the command line beats the environment's secret.
+    settings = resolve(
+        tmp_path,
+        cli={"jwt_secret_file": "secret.txt"},
+        env={"ISOHARNESS_JWT_SECRET": "from-env"},
+    )
+    assert settings.jwt_secret == "from-file"
+
+
+def test_secret_and_secret_file_from_the_same_source_is_an_error(tmp_path: Path) -> None:
+    write(tmp_path, "secret.txt", "from-file")
+    env = {"ISOHARNESS_JWT_SECRET": SECRET, "ISOHARNESS_JWT_SECRET_FILE": "secret.txt"}
+    message = error(tmp_path, env=env)
+    assert message == (
+        "invalid jwt_secret_file 'secret.txt' from $ISOHARNESS_JWT_SECRET_FILE: "
+        "$ISOHARNESS_JWT_SECRET is set too; give the secret or the secret file, not both"
+    )
+
+
+# --- cross-field checks ---------------------------------------------------------
+
+
+def test_static_credentials_need_a_tokens_file(tmp_path: Path) -> None:
+    write(tmp_path, "isoharness.toml", 'credentials = "static"\n')
+    assert error(tmp_path) == (
+        "invalid credentials 'static' from isoharness.toml: needs tokens_file; "
+        "set --tokens-file, $ISOHARNESS_TOKENS_FILE or tokens_file in the config file"
+    )
+
+
+def test_hook_credentials_need_a_login_hook(tmp_path: Path) -> None:
+    assert error(tmp_path, cli={"credentials": "hook"}) == (
+        "invalid credentials 'hook' from --credentials: needs login_hook; "
+        "set --login-hook, $ISOHARNESS_LOGIN_HOOK or login_hook in the config file"
+    )
+
+
+def test_tenants_may_not_outnumber_users(tmp_path: Path) -> None:
+    write(tmp_path, "isoharness.toml", "users = 3\n")
+    assert error(tmp_path, cli={"tenants": "4"}) == (
+        "invalid tenants 4 from --tenants: at most users (3 from isoharness.toml); "
+        "every tenant needs a user"
+    )
+    assert resolve(tmp_path, cli={"tenants": "3"}).tenants == 3
+
+
+def test_json_memory_source_needs_url_and_path(tmp_path: Path) -> None:
+    env = {"ISOHARNESS_MEMORY_SOURCE": "json", "ISOHARNESS_JSON_PROBE_URL": "http://127.0.0.1/m"}
+    assert error(tmp_path, env=env) == (
+        "invalid memory_source 'json' from $ISOHARNESS_MEMORY_SOURCE: needs json_probe_path; "
+        "set --json-probe-path, $ISOHARNESS_JSON_PROBE_PATH or json_probe_path in the config file"
+    )
+    env["ISOHARNESS_JSON_PROBE_PATH"] = "mem.rss"
+    assert resolve(tmp_path, env=env).json_probe_path == "mem.rss"
+
+
+# --- the report's view ----------------------------------------------------------
+
+
+def test_public_dict_is_json_safe_and_omits_secrets(tmp_path: Path) -> None:
+    write(tmp_path, "secret.txt", SECRET)
+    settings = resolve(
+        tmp_path,
+        cli={"jwt_secret_file": "secret.txt", "report_dir": "out", "users": "4"},
+    )
+    public = settings.public_dict()
+    assert "jwt_secret" not in public
+    assert public["jwt_secret_file"] == str(tmp_path / "secret.txt")
+    assert public["report_dir"] == str(tmp_path / "out")
+    assert public["users"] == 4
+    assert public["delivery_policy"] == "owner_only"
+    assert public["gauges"] == ["aep_connections_active", "aep_runs_active"]
+    assert set(public) == {spec.name for spec in OPTIONS if not spec.secret}
+    text = json.dumps(public)
+    assert SECRET not in text
+    assert json.loads(text) == public
