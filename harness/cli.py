@@ -1,4 +1,4 @@
-"""The ``isoharness`` command: ``run``, ``serve``, ``report``.
+"""The ``isoharness`` command: ``run``, ``soak``, ``serve``, ``report``.
 
 Exit codes (a contract other tools and CI depend on): 0 no violation,
 1 at least one isolation violation, 2 usage or configuration error, 3 the
@@ -72,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the isolation scenarios. Arguments after '--' go to pytest.",
     )
     _add_settings_options(run)
+    soak = sub.add_parser(
+        "soak",
+        help="continuous session churn for --duration (30m, 8h): isolation, memory growth "
+        "and resource leaks",
+        description="Run the soak scenario: cycles of mixed load for --duration, with the "
+        "target's memory sampled between cycles. Arguments after '--' go to pytest.",
+    )
+    _add_settings_options(soak)
     sub.add_parser(
         "serve", help="start the AEP/1 reference service (isoharness serve --help)", add_help=False
     )
@@ -99,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(own)
     if ns.command == "report":
         return _report(ns.folder)
+    if ns.command == "soak":
+        return _run(ns, ["-m", "soak", *pytest_args])
     return _run(ns, pytest_args)
 
 

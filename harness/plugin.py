@@ -122,7 +122,20 @@ class HarnessPlugin:
             self.session = session if session.run is not None else None
             pytest.exit(f"isoharness: {exc}", returncode=3)
         self.session = session
+        session.on_progress = self.progress
         return session
+
+    def progress(self, line: str) -> None:
+        """Write a progress line now, past pytest's output capture."""
+        capture = self.config.pluginmanager.getplugin("capturemanager")
+        reporter = self.config.pluginmanager.getplugin("terminalreporter")
+        if reporter is None:
+            return
+        if capture is not None:
+            with capture.global_and_fixture_disabled():
+                reporter.write_line(line)
+        else:
+            reporter.write_line(line)
 
     def scenario(self, nodeid: str) -> Scenario:
         return self.ensure_started().scenario(nodeid)
@@ -211,7 +224,7 @@ def _plugin_of_running_session() -> HarnessPlugin | None:
 
 def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
     plugin = _plugin_of_running_session()
-    if plugin is not None:
+    if plugin is not None and not excinfo.errisinstance(pytest.exit.Exception):
         plugin.interrupted = True
 
 

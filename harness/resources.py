@@ -26,7 +26,12 @@ def memory_decision(
     (``insufficient_data``), never a verdict drawn from busy samples.
     """
     rows = [r for r in memory_samples(samples, memory=MEMORY, sessions=SESSIONS) if r.idle]
-    return decide_memory_growth(rows, floor_bytes_per_session=floor_bytes_per_session, seed=seed)
+    # One point per session count (the last): repeated samples while nothing
+    # happens (waiting for gauges to settle) would weigh one moment many times.
+    last = {r.sessions: r for r in rows}
+    return decide_memory_growth(
+        list(last.values()), floor_bytes_per_session=floor_bytes_per_session, seed=seed
+    )
 
 
 def decision_json(decision: GrowthDecision, samples: Sequence[TimelineSample]) -> dict[str, Any]:

@@ -276,11 +276,13 @@ class Run:
     # -- verdict and summary ---------------------------------------------------------------------
 
     def verdict(self, *, interrupted: bool = False, target_unusable: bool = False) -> Verdict:
-        """``fail`` on any violation, then ``interrupted``/``error``, then coverage."""
+        """``interrupted`` if stopped early, else ``fail`` on any violation, then
+        ``error``, then ``inconclusive`` when a scenario missed its conditions."""
+        if interrupted:
+            # Everything seen so far, violations included, is in the summary.
+            return Verdict.INTERRUPTED
         if self.finding_counts:
             return Verdict.FAIL
-        if interrupted:
-            return Verdict.INTERRUPTED
         if target_unusable or any(r.outcome == "error" for r in self.scenarios.values()):
             return Verdict.ERROR
         if not self.scenarios or any(r.missing for r in self.scenarios.values()):

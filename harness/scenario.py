@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from harness import workloads
 from harness.coverage import CONDITIONS, DESCRIPTIONS
@@ -55,6 +55,22 @@ class Sizes:
     rate: float = 20.0
 
 
+class Observer(Protocol):
+    """What long scenarios report to (the session): idle samples, progress, checkpoints."""
+
+    def idle_sample(self, phase: str) -> None:
+        """Sample the target at an idle point (no connections, no runs in flight)."""
+
+    def progress(self, elapsed_s: float, total_s: float) -> None:
+        """Show a progress line (elapsed, sessions, events, violations, memory)."""
+
+    def checkpoint(self) -> None:
+        """Rewrite the provisional summary, so a killed run leaves a valid report."""
+
+    def judge_resources(self, scenario: ScenarioId) -> None:
+        """Decide ``memory_growth`` and ``resource_leak`` for ``scenario`` now."""
+
+
 @dataclass(frozen=True, slots=True)
 class Wiring:
     """How to reach the target; factories are called inside each event loop."""
@@ -77,8 +93,19 @@ class Scenario:
         wiring: the target and the transports.
     """
 
-    def __init__(self, run: Run, scenario_id: str, *, sizes: Sizes, wiring: Wiring) -> None:
+    def __init__(
+        self,
+        run: Run,
+        scenario_id: str,
+        *,
+        sizes: Sizes,
+        wiring: Wiring,
+        observer: Observer | None = None,
+        progress_interval_s: float = 10.0,
+    ) -> None:
         self.run = run
+        self._observer = observer
+        self._progress_every = progress_interval_s
         self.id = ScenarioId(scenario_id)
         self.sizes = sizes
         self._wiring = wiring
@@ -213,6 +240,59 @@ class Scenario:
             lambda env: workloads.mixed_load(env, users, duration_s=duration, rate=rate, key=key),
             budget_s=duration,
         )
+
+    def soak(
+        self,
+        users: Sequence[SimUser],
+        *,
+        duration_s: float | None = None,
+        cycle_s: float | None = None,
+        key: str = "profile",
+    ) -> int:
+        """Cycles of mixed load until ``duration_s``, sampling the target between cycles.
+
+        Each cycle is :meth:`mixed_load` for ``cycle_s`` seconds (default: a
+        twentieth of the duration, between 2 and 30 s), after which every user
+        has left and every run has ended: an idle point where the target's
+        memory and gauges are sampled for the ``memory_growth`` decision. A
+        progress line is shown every ``progress_interval`` seconds and the
+        summary is rewritten every minute. Returns the number of cycles.
+        """
+        duration = self.sizes.duration_s if duration_s is None else duration_s
+        cycle = cycle_s if cycle_s is not None else min(30.0, max(2.0, duration / 20))
+        began = time.monotonic()
+        last_progress = last_checkpoint = began
+        cycles = 0
+        if self._observer is not None:
+            self._observer.idle_sample("soak start")
+        while (elapsed := time.monotonic() - began) < duration:
+            length = min(cycle, duration - elapsed)
+            self.mixed_load(users, duration_s=max(length, 0.5), key=key)
+            cycles += 1
+            self.run.sweep()
+            if self._observer is None:
+                continue
+            self._observer.idle_sample(f"cycle {cycles}")
+            now = time.monotonic()
+            if now - last_progress >= self._progress_every:
+                self._observer.progress(now - began, duration)
+                last_progress = now
+            if now - last_checkpoint >= 60:
+                self._observer.checkpoint()
+                last_checkpoint = now
+        if self._observer is not None:
+            self._observer.progress(time.monotonic() - began, duration)
+        return cycles
+
+    def verify_resources(self) -> None:
+        """Decide ``memory_growth`` and ``resource_leak`` now, as findings of this scenario.
+
+        Call after the last user has left (for example after :meth:`soak`);
+        :meth:`verify` then reports them with the other findings.
+        """
+        if self._observer is None:
+            raise UsageError("verify_resources needs a session that samples the target")
+        self._observer.judge_resources(self.id)
 
     def list_threads(self, users: Sequence[SimUser]) -> None:
         """Every user lists its threads."""

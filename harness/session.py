@@ -13,6 +13,7 @@ import time
 from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -35,6 +36,11 @@ from harness.types import ScenarioId, TenantId, UserId, UserKey, Verdict
 
 RUN_END = ScenarioId("isoharness::end_of_run")
 """The scenario id of findings judged after every scenario (gauges, memory)."""
+
+
+def _clock(seconds: float) -> str:
+    whole = int(seconds)
+    return f"{whole // 3600:02d}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
 
 
 def new_run_id() -> str:
@@ -76,6 +82,9 @@ class Session:
         self.redactor = Redactor(secret_values)
         self.embedded: EmbeddedService | None = None
         self.monitor: Monitor | None = None
+        self.resources_judged = False
+        #: Where progress lines go (the plugin writes them past pytest's capture).
+        self.on_progress: Callable[[str], None] = print
         self.run: Run | None = None
         self.wiring: Wiring | None = None
         self.sizes = Sizes(
@@ -144,12 +153,13 @@ class Session:
             embedded=self.embedded is not None,
             pid=self.embedded.pid if self.embedded else None,
         )
-        self._start_monitor(base_url)
         try:
             asyncio.run(self._preflight(credentials))
         except TargetError:
             self.target_unusable = True
             raise
+        # After the preflight: the first sample is the gauges' idle baseline.
+        self._start_monitor(base_url)
         return self.run
 
     def _start_monitor(self, base_url: str) -> None:
@@ -187,8 +197,9 @@ class Session:
         until they are back at their first values or the grace period is over.
         """
         run, monitor, s = self.run, self.monitor, self.settings
-        if run is None or monitor is None:
+        if run is None or monitor is None or self.resources_judged:
             return
+        self.resources_judged = True
         quiet = run.clock.mono()
         idle_values = gauge_idle_values(monitor.samples, s.gauges)
         for gauge in s.gauges:
@@ -264,7 +275,59 @@ class Session:
     def scenario(self, nodeid: str) -> Scenario:
         """The ``harness`` object for one scenario instance."""
         assert self.run is not None and self.wiring is not None, "start() the session first"
-        return Scenario(self.run, nodeid, sizes=self.sizes, wiring=self.wiring)
+        return Scenario(
+            self.run,
+            nodeid,
+            sizes=self.sizes,
+            wiring=self.wiring,
+            observer=self,
+            progress_interval_s=self.settings.progress_interval,
+        )
+
+    # -- Observer: what long scenarios report to -------------------------------------------------
+
+    def idle_sample(self, phase: str) -> None:
+        if self.monitor is not None:
+            self.monitor.sample(phase, idle=True)
+
+    def progress(self, elapsed_s: float, total_s: float) -> None:
+        run = self.run
+        if run is None:
+            return
+        memory = ""
+        if self.monitor is not None:
+            samples = self.monitor.samples
+            now = next(
+                (
+                    x.values.get("memory_bytes")
+                    for x in reversed(samples)
+                    if "memory_bytes" in x.values
+                ),
+                None,
+            )
+            if now is not None:
+                decision = memory_decision(
+                    samples,
+                    floor_bytes_per_session=self.settings.memory_floor_bytes_per_session,
+                    seed=self.seed,
+                )
+                slope = decision.slope_bytes_per_session
+                trend = (
+                    f"{slope:+,.0f} B/session ({decision.status})"
+                    if slope == slope
+                    else decision.status
+                )
+                memory = f" · memory {now / 2**20:,.1f} MiB, {trend}"
+        line = (
+            f"isoharness {_clock(elapsed_s)}/{_clock(total_s)} · {run.counts['connections']:,} sessions"
+            f" · {run.counts['events_received']:,} events · {sum(run.finding_counts.values())} violations"
+            f"{memory}"
+        )
+        self.on_progress(line)
+
+    def checkpoint(self) -> None:
+        if self.run is not None:
+            self.write_summary(Verdict.INTERRUPTED, final=False)
 
     def _link_latest(self) -> None:
         latest = self.report_dir.parent / "latest"
@@ -299,11 +362,15 @@ class Session:
         """Write ``summary.json`` atomically (a killed run leaves the last complete one)."""
         path = self.report_dir / "summary.json"
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_bytes(orjson.dumps(self.summary(verdict, final=final), option=orjson.OPT_INDENT_2))
+        tmp.write_bytes(
+            orjson.dumps(self.summary(verdict, final=final), option=orjson.OPT_INDENT_2)
+        )
         os.replace(tmp, path)
         return path
 
-    def finish(self, *, interrupted: bool = False, error: str | None = None) -> tuple[Verdict, Path]:
+    def finish(
+        self, *, interrupted: bool = False, error: str | None = None
+    ) -> tuple[Verdict, Path]:
         """Judge what is left, write the final summary and report, stop the embedded service.
 
         Args:
