@@ -127,3 +127,17 @@ def test_each_kind_is_reported_once_per_run(oracle):
     oracle.on_sent(sent(ALICE, "m1"))
     run = lifecycle(ALICE, "m1", "x")
     assert len(feed(oracle, [*run, run[1], run[2], run[3]])) == 1
+
+
+def test_stopping_early_never_turns_a_slow_run_into_a_lost_one(oracle):
+    oracle.on_sent(sent(ALICE, "m1", mono=0.0))
+    feed(oracle, lifecycle(ALICE, "m1", "x")[:2])
+    assert oracle.finish(now=3.0) == []  # interrupted 3 s in, timeout is 10 s
+    assert oracle.abandoned == 1
+
+
+def test_at_the_end_a_run_past_the_timeout_is_lost(oracle):
+    oracle.on_sent(sent(ALICE, "m1", mono=0.0))
+    feed(oracle, lifecycle(ALICE, "m1", "x")[:2])
+    [finding] = oracle.finish(now=12.0)
+    assert finding.kind is ViolationKind.LOST_EVENT

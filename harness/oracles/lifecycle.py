@@ -159,10 +159,18 @@ class LifecycleOracle:
         return findings
 
     def finish(self, now: float) -> list[Finding]:
-        """Judge every remaining run as if its connection were still open."""
+        """Judge every remaining run (the end of the run, or an interrupt).
+
+        Completed runs are judged; an unfinished run is lost only once it is
+        past the timeout, otherwise it is counted as abandoned: stopping early
+        never turns a slow run into a lost one.
+        """
         findings: list[Finding] = []
         for run in self._runs.values():
-            findings += self._judge(run, now=now)
+            if run.completed_at is None and now - run.sent.mono < self._timeout:
+                self.abandoned += 1
+            else:
+                findings += self._judge(run, now=now)
         self._runs.clear()
         return findings
 
