@@ -223,7 +223,7 @@ class Run:
 
     @property
     def runs_abandoned(self) -> int:
-        """Runs not waited for to the end because the run had already failed."""
+        """Runs not waited for to the end: the run had already failed, or was interrupted."""
         return self._lifecycle.abandoned
 
     def finish_lifecycles(self) -> None:
@@ -313,7 +313,7 @@ class Run:
                 "events_received": self.counts["events_received"],
                 "http_probes": self.counts["http_probes"],
                 "runs_cut_by_disconnect": self.runs_cut,
-                "runs_abandoned_after_violation": self.runs_abandoned,
+                "runs_abandoned": self.runs_abandoned,
             },
             "coverage": {name: coverage[name] for name in CONDITIONS},
             "probes": dict(self.probe_outcomes),
