@@ -241,6 +241,26 @@ class Scenario:
             budget_s=duration,
         )
 
+    def reconnect_storm(
+        self,
+        users: Sequence[SimUser],
+        *,
+        duration_s: float | None = None,
+        reset_every_s: float = 0.5,
+    ) -> int:
+        """Churn through a fault proxy that resets every connection every ``reset_every_s``.
+
+        Returns how many times the proxy cut live connections.
+        """
+        duration = min(self.sizes.duration_s, 4.0) if duration_s is None else duration_s
+        rate = self.sizes.rate
+        return self._loop(
+            lambda env: workloads.reconnect_storm(
+                env, users, duration_s=duration, rate=rate, reset_every_s=reset_every_s
+            ),
+            budget_s=duration,
+        )
+
     def soak(
         self,
         users: Sequence[SimUser],

@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from harness.canary import CANARY_RE
 from harness.coverage import count_overlapping, shared_identifiers
 from harness.credentials import Credentials
 from harness.errors import TargetError
+from harness.faultproxy import FaultProxy
 from harness.oracles.shared_state import CrossProbe
 from harness.recording import HttpExchange
 from harness.run import Run
@@ -477,3 +478,61 @@ async def mixed_load(
         readers(),
         cross_user_probes(env, users, per_user=1),
     )
+
+
+async def reconnect_storm(
+    env: Env,
+    users: Sequence[SimUser],
+    *,
+    duration_s: float,
+    rate: float,
+    reset_every_s: float,
+) -> int:
+    """Session churn through a fault proxy that resets every connection periodically.
+
+    A proxy that cuts connections (a deploy, an idle timeout, a flaky load
+    balancer) makes every user reconnect at once: the moment registries mix up
+    whose socket is whose. Resets are target-side faults: they are counted in
+    the run's errors, never as violations, and runs they cut are not lost.
+    Returns the number of resets.
+    """
+    parts = urlsplit(env.base_url)
+    proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 80, seed=env.run.seed)
+    await proxy.start()
+    via = replace(
+        env,
+        base_url=urlunsplit((parts.scheme, f"127.0.0.1:{proxy.port}", parts.path, "", "")),
+        ws_url=_with_netloc(env.ws_url, f"127.0.0.1:{proxy.port}"),
+    )
+    resets = 0
+
+    async def resetter() -> None:
+        nonlocal resets
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + duration_s
+        while loop.time() + reset_every_s < deadline:
+            await asyncio.sleep(reset_every_s)
+            if await proxy.reset_all():
+                resets += 1
+
+    try:
+        await asyncio.gather(
+            churn(
+                via,
+                users,
+                duration_s=duration_s,
+                rate=rate,
+                max_sessions=int(duration_s * rate) + 1,
+                cut_probability=0.0,
+                thread_of=lambda u, n: "main" if n % 2 else u.private_id("t"),
+            ),
+            resetter(),
+        )
+    finally:
+        await proxy.aclose()
+    return resets
+
+
+def _with_netloc(url: str, netloc: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
