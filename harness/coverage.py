@@ -29,7 +29,9 @@ DESCRIPTIONS: dict[str, str] = {
     "reconnects": "connections reopened after a disconnect",
     "cross_user_probes": "reads of another user's resource id judged under positive controls",
     "same_path_concurrent_reads": "reads of one path by different users at the same moment",
-    "requests_cancelled_mid_flight": "HTTP requests abandoned before their answer while others read",
+    "requests_cancelled_mid_flight": (
+        "HTTP requests abandoned before their answer while others read"
+    ),
 }
 
 

@@ -94,7 +94,10 @@ def gauge_findings(
 ) -> list[Finding]:
     """One ``resource_leak`` finding per gauge that did not return to idle after quiet."""
     found = decide_resource_leak(
-        gauge_samples(samples), idle_values=idle_values, quiet_since_s=quiet_since_s, grace_s=grace_s
+        gauge_samples(samples),
+        idle_values=idle_values,
+        quiet_since_s=quiet_since_s,
+        grace_s=grace_s,
     )
     return [
         Finding(

@@ -218,7 +218,7 @@ class Run:
         self.add_findings(self._lifecycle.finish_connection(connection, self.clock.mono()))
 
     def abandon_connection(self, connection: ConnectionId) -> None:
-        """Stop waiting for the unfinished runs of an open connection (see :attr:`runs_abandoned`)."""
+        """Stop waiting for an open connection's unfinished runs (see :attr:`runs_abandoned`)."""
         self.add_findings(self._lifecycle.abandon_connection(connection, self.clock.mono()))
 
     @property

@@ -10,10 +10,10 @@ import asyncio
 import os
 import secrets
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -254,7 +254,8 @@ class Session:
         return JwtCredentials(secret)
 
     async def _preflight(self, credentials: Credentials) -> None:
-        assert self.wiring is not None and self.run is not None
+        assert self.wiring is not None
+        assert self.run is not None
         fixed = credentials.fixed_users()
         probe_user = fixed[0] if fixed else UserKey(TenantId(f"{self.run.tag}-pre"), UserId("pre"))
         token = await credentials.token_for(probe_user)
@@ -274,7 +275,8 @@ class Session:
 
     def scenario(self, nodeid: str) -> Scenario:
         """The ``harness`` object for one scenario instance."""
-        assert self.run is not None and self.wiring is not None, "start() the session first"
+        assert self.run is not None, "start() the session first"
+        assert self.wiring is not None
         return Scenario(
             self.run,
             nodeid,
@@ -318,10 +320,12 @@ class Session:
                     else decision.status
                 )
                 memory = f" · memory {now / 2**20:,.1f} MiB, {trend}"
+        sessions = run.counts["connections"]
+        events = run.counts["events_received"]
+        violations = sum(run.finding_counts.values())
         line = (
-            f"isoharness {_clock(elapsed_s)}/{_clock(total_s)} · {run.counts['connections']:,} sessions"
-            f" · {run.counts['events_received']:,} events · {sum(run.finding_counts.values())} violations"
-            f"{memory}"
+            f"isoharness {_clock(elapsed_s)}/{_clock(total_s)} · {sessions:,} sessions"
+            f" · {events:,} events · {violations} violations{memory}"
         )
         self.on_progress(line)
 

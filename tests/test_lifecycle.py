@@ -1,4 +1,4 @@
-"""Completeness: each run yields its lifecycle exactly once, in order, while its connection is open."""
+"""Completeness: every run yields its lifecycle once, in order, while its connection is open."""
 
 from __future__ import annotations
 

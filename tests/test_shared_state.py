@@ -62,7 +62,8 @@ def test_a_success_is_a_violation_even_without_a_canary():
         probe(200, '{"value": "redacted"}'), policy=POLICY, seed=1
     )
     assert outcome is ProbeOutcome.VIOLATION
-    assert finding is not None and finding.evidence["leaked"] is False
+    assert finding is not None
+    assert finding.evidence["leaked"] is False
 
 
 def test_a_refusal_without_the_owners_object_is_inconclusive_not_a_pass():

@@ -53,12 +53,23 @@ class TwinService:
 
     async def run(self, conn: ServerSide, msg: dict) -> None:
         tenant, user = conn.token.split("/")
-        kinds = ["agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_completed"]
+        kinds = [
+            "agent_started",
+            "agent_thinking",
+            "tool_executing",
+            "tool_completed",
+            "agent_completed",
+        ]
         for seq, kind in enumerate(kinds, 1):
             await asyncio.sleep(0.002)
             event = {
-                "type": kind, "user_id": user, "tenant_id": tenant, "thread_id": msg["thread_id"],
-                "message_id": msg["message_id"], "run_id": msg["message_id"], "seq": seq,
+                "type": kind,
+                "user_id": user,
+                "tenant_id": tenant,
+                "thread_id": msg["thread_id"],
+                "message_id": msg["message_id"],
+                "run_id": msg["message_id"],
+                "seq": seq,
                 "data": {"thought": msg["content"]},
             }
             targets = [self.current] if self.singleton else list(self.sockets.get(conn.token, []))

@@ -90,7 +90,9 @@ class AiohttpClient:
 
 
 async def _headers_sent(
-    session: aiohttp.ClientSession, ctx: SimpleNamespace, params: aiohttp.TraceRequestHeadersSentParams
+    session: aiohttp.ClientSession,
+    ctx: SimpleNamespace,
+    params: aiohttp.TraceRequestHeadersSentParams,
 ) -> None:
     sent = getattr(ctx.trace_request_ctx, "sent", None)
     if isinstance(sent, asyncio.Event):
