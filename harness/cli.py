@@ -105,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(args[1:])
     own, pytest_args = _split_passthrough(args)
     ns = build_parser().parse_args(own)
+    ns.argv = args
     if ns.command == "report":
         return _report(ns.folder)
     if ns.command == "soak":
@@ -166,6 +167,8 @@ def _run(ns: argparse.Namespace, pytest_args: list[str]) -> int:
             argv.append(spec.flag)
         else:
             argv.append(f"{spec.flag}={value}")
+    # The report shows the command the user typed (secrets are masked there).
+    os.environ["ISOHARNESS_COMMAND"] = " ".join(["isoharness", *ns.argv])
     code = int(pytest.main(argv + pytest_args))
     summary = _final_summary(report_dir / "summary.json")
     if summary is not None:

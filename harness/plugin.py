@@ -102,7 +102,8 @@ class HarnessPlugin:
         session = Session(
             settings,
             cwd=Path(self.config.invocation_params.dir),
-            command=" ".join(["pytest", *self.config.invocation_params.args]),
+            command=os.environ.get("ISOHARNESS_COMMAND")
+            or " ".join(["pytest", *self.config.invocation_params.args]),
         )
         _terminate_as_interrupt()
         try:
