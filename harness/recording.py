@@ -66,14 +66,19 @@ class Opened:
 
 @dataclass(frozen=True, slots=True)
 class Closed:
-    """A connection ended. ``runs_in_flight`` counts runs it had started but not seen end."""
+    """A connection ended. ``runs_in_flight`` counts runs it had started but not seen end.
+
+    ``initiator``: ``client`` (the harness closed it), ``server`` (a close frame
+    from the target), ``error`` (lost without a close frame), or ``injected``
+    (cut by a network fault the harness itself injected, e.g. its fault proxy).
+    """
 
     scenario: ScenarioId
     user: UserKey
     connection: ConnectionId
     mono: float
     wall: float
-    initiator: Literal["client", "server", "error"]
+    initiator: Literal["client", "server", "error", "injected"]
     code: int | None = None
     reason: str = ""
     runs_in_flight: int = 0

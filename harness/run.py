@@ -191,7 +191,9 @@ class Run:
                 self.users.add(rec.user)
         elif isinstance(rec, Closed):
             self.add_findings(self._lifecycle.on_closed(rec))
-            if rec.initiator != "client":
+            if rec.initiator == "injected":
+                self.counts["connections_cut_by_injected_faults"] += 1
+            elif rec.initiator != "client":
                 code = "" if rec.code is None else f" (code {rec.code})"
                 self.error("connection_closed_by_target", f"{rec.initiator}{code}: {rec.reason}")
         elif isinstance(rec, HttpExchange):
@@ -314,6 +316,9 @@ class Run:
                 "http_probes": self.counts["http_probes"],
                 "runs_cut_by_disconnect": self.runs_cut,
                 "runs_abandoned": self.runs_abandoned,
+                "connections_cut_by_injected_faults": self.counts[
+                    "connections_cut_by_injected_faults"
+                ],
             },
             "coverage": {name: coverage[name] for name in CONDITIONS},
             "probes": dict(self.probe_outcomes),

@@ -139,8 +139,10 @@ class UserConnection:
         sink: RecordSink,
         clock: Clock,
         reconnect: bool = False,
+        drops_injected: bool = False,
     ) -> None:
         self.user = user
+        self._drops_injected = drops_injected
         self.id = connection_id
         self._channel = channel
         self._scenario = scenario
@@ -159,7 +161,17 @@ class UserConnection:
         return sum(1 for run in self._pending.values() if not run.done.done())
 
     async def send_message(self, thread_id: str) -> PendingRun:
-        """Send a canary-carrying ``user_message`` in ``thread_id``."""
+        """Send a canary-carrying ``user_message`` in ``thread_id``.
+
+        Raises:
+            ChannelClosed: the connection is closed (its ``Closed`` is already
+                recorded); nothing is sent or recorded.
+        """
+        if self.closed is not None:
+            # A run recorded after its connection's Closed would never be judged
+            # cut: the oracle would wait for it and call it lost.
+            initiator = "error" if self.closed.initiator == "injected" else self.closed.initiator
+            raise ChannelClosed(self.closed.code, self.closed.reason, initiator)
         message_id, content = self.user.next_message(thread_id)
         loop = asyncio.get_running_loop()
         now = self._clock.mono()
@@ -199,12 +211,16 @@ class UserConnection:
                             run.ended_mono = mono
                             run.done.set_result("completed")
         except ChannelClosed as exc:
-            self._finish(exc.initiator, exc.code, exc.reason)
+            injected = self._drops_injected and exc.initiator == "error"
+            self._finish("injected" if injected else exc.initiator, exc.code, exc.reason)
         except Exception as exc:  # noqa: BLE001 - a transport bug must not kill the run
             self._finish("error", None, f"{type(exc).__name__}: {exc}")
 
     def _finish(
-        self, initiator: Literal["client", "server", "error"], code: int | None, reason: str
+        self,
+        initiator: Literal["client", "server", "error", "injected"],
+        code: int | None,
+        reason: str,
     ) -> None:
         if self.closed is not None:
             return

@@ -49,6 +49,8 @@ class Env:
     base_url: str
     ws_url: str
     token_in_query: bool = False
+    #: Connections go through a fault proxy the harness drives: drops are injected.
+    injected_faults: bool = False
     connect_limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(200))
 
     def cover(self, condition: str, count: int = 1) -> None:
@@ -95,6 +97,7 @@ async def connect(
             sink=env.run,
             clock=env.run.clock,
             reconnect=reconnect,
+            drops_injected=env.injected_faults,
         )
     return None
 
@@ -503,6 +506,7 @@ async def reconnect_storm(
         env,
         base_url=urlunsplit((parts.scheme, f"127.0.0.1:{proxy.port}", parts.path, "", "")),
         ws_url=_with_netloc(env.ws_url, f"127.0.0.1:{proxy.port}"),
+        injected_faults=True,
     )
     resets = 0
 
