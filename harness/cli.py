@@ -21,6 +21,7 @@ from harness.errors import ConfigError
 from harness.settings import OPTIONS, Settings, resolve_settings
 
 EXIT_USAGE = 2
+DISTRIBUTION_FLAGS = frozenset({"-n", "--numprocesses", "--dist", "--tx", "-d"})
 
 
 def default_scenarios() -> Path:
@@ -136,9 +137,21 @@ def _run(ns: argparse.Namespace, pytest_args: list[str]) -> int:
     try:
         settings = resolve_settings(cli, env=os.environ, cwd=Path.cwd(), config_path=ns.config)
         if settings.target_url is not None:
-            check_target_allowed(settings.target_url, settings.allowed_targets)
+            check_target_allowed(
+                settings.target_url,
+                settings.allowed_targets,
+                source=settings.source_of("target_url"),
+            )
     except ConfigError as exc:
         print(f"isoharness: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    distributed = [a for a in pytest_args if a.split("=")[0] in DISTRIBUTION_FLAGS]
+    if distributed:
+        print(
+            f"isoharness: error: {distributed[0]} is not supported yet: distributed runs "
+            "(pytest-xdist) would start one session per worker; run without -n",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     report_dir = settings.report_dir or Path("reports") / new_run_id()
     scenarios = settings.scenarios or default_scenarios()

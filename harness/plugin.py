@@ -85,6 +85,15 @@ class HarnessPlugin:
         if self.started:
             pytest.exit("isoharness: the session failed to start (see above)", returncode=3)
         self.started = True
+        if hasattr(self.config, "workerinput"):
+            from harness.errors import UsageError
+
+            # Raised in each scenario's setup, so the reason shows on every item.
+            self.started = False
+            raise UsageError(
+                "distributed runs (pytest-xdist -n) are not supported yet: each worker "
+                "would start its own session; run the scenarios with -n0"
+            )
         from harness.errors import ConfigError, HarnessError, TargetError
         from harness.session import Session
         from harness.settings import resolve_settings
