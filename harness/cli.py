@@ -184,6 +184,11 @@ def _run(ns: argparse.Namespace, pytest_args: list[str]) -> int:
     os.environ["ISOHARNESS_COMMAND"] = " ".join(["isoharness", *ns.argv])
     code = int(pytest.main(argv + pytest_args))
     summary = _final_summary(report_dir / "summary.json")
+    if summary is not None and summary.get("verdict") == "error":
+        reasons = [e for e in summary.get("errors", []) if isinstance(e, dict)]  # type: ignore[attr-defined]
+        first = next((e for e in reasons if e.get("kind") == "target_unusable"), None)
+        if first is not None:
+            print(f"isoharness: error: {first.get('detail')}", file=sys.stderr)
     if summary is not None:
         # The verdict decides; pytest's own codes (4 = usage error) overlap ours.
         exit_code = summary.get("exit_code", code)

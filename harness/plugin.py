@@ -10,7 +10,9 @@ end writes ``summary.json`` and sets the exit code from the verdict:
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import secrets
 import signal
 import threading
 from collections.abc import Generator
@@ -26,6 +28,7 @@ from harness.settings import OPTIONS
 if TYPE_CHECKING:
     from harness.scenario import Scenario
     from harness.session import Session
+    from harness.settings import Settings
 
 CONFIG_HELP = (
     "configuration file (default: isoharness.toml, or [tool.isoharness] in pyproject.toml)"
@@ -71,7 +74,25 @@ class HarnessPlugin:
         self.interrupted = False
         self.started = False
         self.summary_path: Path | None = None
+        self._settings: Settings | None = None
         self.verdict: str | None = None
+
+    def settings(self) -> Settings:
+        """The resolved settings, with the seed fixed at first use (so the header shows it)."""
+        if self._settings is None:
+            from harness.settings import resolve_settings
+
+            config_path = self.config.option.isoharness_config
+            settings = resolve_settings(
+                self.cli_values(),
+                env=os.environ,
+                cwd=Path(self.config.invocation_params.dir),
+                config_path=Path(config_path) if config_path else None,
+            )
+            if settings.seed is None:
+                settings = dataclasses.replace(settings, seed=secrets.randbelow(2**31))
+            self._settings = settings
+        return self._settings
 
     def cli_values(self) -> dict[str, object | None]:
         return {
@@ -96,16 +117,9 @@ class HarnessPlugin:
             )
         from harness.errors import ConfigError, HarnessError, TargetError
         from harness.session import Session
-        from harness.settings import resolve_settings
 
-        config_path = self.config.option.isoharness_config
         try:
-            settings = resolve_settings(
-                self.cli_values(),
-                env=os.environ,
-                cwd=Path(self.config.invocation_params.dir),
-                config_path=Path(config_path) if config_path else None,
-            )
+            settings = self.settings()
         except ConfigError as exc:
             pytest.exit(f"isoharness: {exc}", returncode=2)
         session = Session(
@@ -127,7 +141,14 @@ class HarnessPlugin:
             session.target_unusable = True
             if session.run is not None:
                 session.run.error("target_unusable", str(exc))
-            pytest.exit(f"isoharness: {exc}", returncode=3)
+            # Under `isoharness run` the reason is printed once, on stderr, by the CLI.
+            under_cli = "ISOHARNESS_COMMAND" in os.environ
+            pytest.exit(
+                "isoharness: stopped before the scenarios (reason below)"
+                if under_cli
+                else f"isoharness: {exc}",
+                returncode=3,
+            )
         except HarnessError as exc:
             self.session = session if session.run is not None else None
             pytest.exit(f"isoharness: {exc}", returncode=3)
@@ -152,6 +173,28 @@ class HarnessPlugin:
 
 
 PLUGIN_KEY = pytest.StashKey[HarnessPlugin]()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The target, the seed and the sizes, when isoharness options are in play."""
+    plugin = config.stash.get(PLUGIN_KEY, None)
+    if plugin is None or not (
+        any(v is not None for v in plugin.cli_values().values())
+        or any(spec.env and spec.env in os.environ for spec in OPTIONS if spec.name == "target_url")
+    ):
+        return []
+    from harness.errors import ConfigError
+
+    try:
+        s = plugin.settings()
+    except ConfigError:
+        return []  # reported, with exit code 2, when a scenario first needs the session
+    target = s.target_url or "the embedded reference service"
+    return [
+        f"isoharness: target {target} · seed {s.seed} · {s.users} users in {s.tenants} tenants"
+        f" · {s.connections_per_user} connections and {s.messages_per_user} messages per user"
+        f" · duration {s.duration:g}s · policy {s.delivery_policy}"
+    ]
 
 
 def _terminate_as_interrupt() -> None:

@@ -112,7 +112,7 @@ class Session:
         s = self.settings
         secret = s.jwt_secret
         if s.target_url is not None:
-            check_target_allowed(s.target_url, s.allowed_targets)
+            check_target_allowed(s.target_url, s.allowed_targets, source=s.source_of("target_url"))
         # The embedded service verifies JWTs minted with its own secret (below).
         credentials = self._credentials(secret) if s.target_url is not None else None
         self.run = Run(
@@ -232,6 +232,9 @@ class Session:
         finding = memory_finding(decision, scenario, self.seed)
         if finding is not None:
             run.add_findings([finding])
+        if scenario == RUN_END and RUN_END in run.scenarios:
+            end = run.scenarios[RUN_END]
+            end.outcome = "failed" if end.violations else "passed"
 
     def _credentials(self, secret: str | None) -> Credentials:
         s = self.settings

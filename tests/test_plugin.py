@@ -1,0 +1,177 @@
+"""The pytest plugin, as a user meets it: a scenario file of their own under plain pytest.
+
+pytester acceptance tests (``makepyfile`` → ``runpytest_subprocess`` →
+``fnmatch_lines``). Each run is a separate pytest process, because the plugin
+installs a SIGTERM handler and keeps per-session state. The pytester folder is
+the working directory, so ``reports/`` is made there.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from e2e_helpers import SECRET, SEED, reference_service
+
+from harness.settings import OPTIONS
+
+NO_CACHE = ("-p", "no:cacheprovider")
+
+SCENARIO = """
+import pytest
+
+
+@pytest.mark.conditions("overlapping_runs")
+def test_users_chatting_at_once_get_only_their_own_events(harness):
+    users = harness.users()
+    harness.chat(users, messages=4, connections=1)
+    harness.verify()
+"""
+
+NEVER_RECONNECTS = """
+import pytest
+
+
+@pytest.mark.conditions("reconnects")
+def test_reconnecting_users_get_only_their_own_events(harness):
+    users = harness.users()
+    harness.chat(users, messages=1, connections=1)
+    harness.verify()
+"""
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ``ISOHARNESS_*`` setting from the developer's shell; the test secret set."""
+    for name in [n for n in os.environ if n.startswith("ISOHARNESS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("ISOHARNESS_JWT_SECRET", SECRET)
+
+
+@pytest.fixture
+def target(clean_env: None) -> Iterator[str]:
+    """A correct reference service."""
+    with reference_service() as url:
+        yield url
+
+
+@pytest.fixture
+def faulty_target(clean_env: None) -> Iterator[str]:
+    """A reference service whose one emitter sends events to whichever user asked last."""
+    with reference_service("singleton_emitter") as url:
+        yield url
+
+
+def run_scenarios(pytester: pytest.Pytester, url: str, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(
+        "--target-url", url, "--users", "4", "--seed", str(SEED), *NO_CACHE, *args
+    )
+
+
+def only_summary(pytester: pytest.Pytester) -> dict[str, object]:
+    [summary] = [
+        path
+        for path in (pytester.path / "reports").glob("*/summary.json")
+        if path.parent.name != "latest"
+    ]
+    doc: dict[str, object] = orjson.loads(summary.read_bytes())
+    return doc
+
+
+def test_a_users_scenario_passes_against_a_correct_service(
+    pytester: pytest.Pytester, target: str
+) -> None:
+    pytester.makepyfile(test_my_service=SCENARIO)
+    result = run_scenarios(pytester, target)
+    result.assert_outcomes(passed=1)
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["isoharness: PASS * report: reports/*/report.html"])
+    summary = only_summary(pytester)
+    assert summary["verdict"] == "pass"
+    assert summary["final"] is True
+
+
+def test_a_users_scenario_fails_with_exit_1_naming_cross_delivery(
+    pytester: pytest.Pytester, faulty_target: str
+) -> None:
+    pytester.makepyfile(test_my_service=SCENARIO)
+    result = run_scenarios(pytester, faulty_target)
+    result.assert_outcomes(failed=1)
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*cross_delivery*", "isoharness: FAIL *"])
+    assert SECRET not in result.stdout.str() + result.stderr.str()
+    assert only_summary(pytester)["verdict"] == "fail"
+
+
+def test_a_scenario_that_never_creates_its_conditions_is_inconclusive_exit_4(
+    pytester: pytest.Pytester, target: str
+) -> None:
+    pytester.makepyfile(test_my_service=NEVER_RECONNECTS)
+    result = run_scenarios(pytester, target, "-rs")
+    result.assert_outcomes(skipped=1)
+    assert result.ret == 4
+    result.stdout.fnmatch_lines(["SKIPPED *inconclusive: the scenario created no reconnects*"])
+    assert only_summary(pytester)["verdict"] == "inconclusive"
+
+
+def test_a_bad_option_ends_the_session_with_exit_2_in_one_line(
+    pytester: pytest.Pytester, clean_env: None
+) -> None:
+    pytester.makepyfile(test_my_service=SCENARIO)
+    result = pytester.runpytest_subprocess(
+        "--target-url", "http://127.0.0.1:9", "--users", "-3", *NO_CACHE
+    )
+    assert result.ret == 2
+    output = result.stdout.lines + result.stderr.lines
+    message = "isoharness: invalid users '-3' from --users: an integer >= 2"
+    assert len([line for line in output if message in line]) == 1, output
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+def test_the_plugin_is_inert_when_no_test_asks_for_the_harness(
+    pytester: pytest.Pytester, clean_env: None
+) -> None:
+    pytester.makepyfile(
+        test_plain="""
+        def test_arithmetic():
+            assert 1 + 1 == 2
+        """
+    )
+    result = pytester.runpytest_subprocess(*NO_CACHE)
+    result.assert_outcomes(passed=1)
+    assert result.ret == 0
+    assert not (pytester.path / "reports").exists()
+    result.stdout.no_fnmatch_line("isoharness*")
+
+
+def test_pytest_help_lists_every_isoharness_option(
+    pytester: pytest.Pytester, clean_env: None
+) -> None:
+    result = pytester.runpytest_subprocess("--help", *NO_CACHE)
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["isoharness: multi-tenant isolation checks:"])
+    for spec in OPTIONS:
+        result.stdout.fnmatch_lines([f"  {spec.flag}*"])
+    result.stdout.fnmatch_lines(["  --isoharness-config=*"])
+
+
+def test_the_report_header_names_the_target_and_the_seed(
+    pytester: pytest.Pytester, target: str
+) -> None:
+    """STYLE.md §8: ``pytest_report_header`` prints the target, the seed and the sizes."""
+    pytester.makepyfile(test_my_service=SCENARIO)
+    result = run_scenarios(pytester, target)
+    header = result.stdout.lines[: result.stdout.lines.index("") + 1]
+    result.stdout.fnmatch_lines([f"isoharness*{target}*", "collected 1 item"])
+    assert any(target in line and str(SEED) in line for line in header), header
+
+
+def test_reports_go_to_the_working_directory(pytester: pytest.Pytester, target: str) -> None:
+    pytester.makepyfile(test_my_service=SCENARIO)
+    run_scenarios(pytester, target)
+    [folder] = [p for p in (pytester.path / "reports").iterdir() if p.name != "latest"]
+    assert {p.name for p in folder.iterdir()} >= {"summary.json", "events.jsonl", "report.html"}
+    assert (pytester.path / "reports" / "latest").resolve() == Path(folder).resolve()
