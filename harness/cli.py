@@ -18,7 +18,7 @@ import orjson
 
 import harness
 from harness.errors import ConfigError
-from harness.settings import OPTIONS, Settings, resolve_settings
+from harness.settings import OPTIONS, Settings, flag_arguments, resolve_settings
 
 EXIT_USAGE = 2
 DISTRIBUTION_FLAGS = frozenset({"-n", "--numprocesses", "--dist", "--tx", "-d"})
@@ -36,20 +36,7 @@ def _add_settings_options(parser: argparse.ArgumentParser) -> None:
         "settings (flags override the environment and the config file)"
     )
     for spec in OPTIONS:
-        env = f" [env ${spec.env}]" if spec.env else ""
-        if isinstance(spec.default, bool):
-            group.add_argument(
-                spec.flag,
-                dest=spec.name,
-                action="store_const",
-                const=True,
-                default=None,
-                help=spec.help + env,
-            )
-        else:
-            group.add_argument(
-                spec.flag, dest=spec.name, default=None, help=spec.help + env, metavar="VALUE"
-            )
+        group.add_argument(spec.flag, **flag_arguments(spec, dest=spec.name))
     group.add_argument(
         "--config",
         dest="config",

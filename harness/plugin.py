@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from harness.coverage import CONDITIONS
-from harness.settings import OPTIONS
+from harness.settings import OPTIONS, flag_arguments
 
 if TYPE_CHECKING:
     from harness.scenario import Scenario
@@ -38,20 +38,7 @@ CONFIG_HELP = (
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("isoharness", "isoharness: multi-tenant isolation checks")
     for spec in OPTIONS:
-        env = f" [env ${spec.env}]" if spec.env else ""
-        if isinstance(spec.default, bool):
-            group.addoption(
-                spec.flag,
-                dest=f"isoharness_{spec.name}",
-                action="store_const",
-                const=True,
-                default=None,
-                help=spec.help + env,
-            )
-        else:
-            group.addoption(
-                spec.flag, dest=f"isoharness_{spec.name}", default=None, help=spec.help + env
-            )
+        group.addoption(spec.flag, **flag_arguments(spec, dest=f"isoharness_{spec.name}"))
     group.addoption("--isoharness-config", dest="isoharness_config", default=None, help=CONFIG_HELP)
 
 

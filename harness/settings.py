@@ -752,3 +752,19 @@ def _cross_check(values: Mapping[str, object], sources: Mapping[str, str]) -> No
                 raise ConfigError(
                     "memory_source", "json", where("memory_source"), f"needs {key}; {ways(key)}"
                 )
+
+
+def flag_arguments(spec: OptionSpec, *, dest: str) -> dict[str, Any]:
+    """``add_argument``/``addoption`` keyword arguments for ``spec``'s flag.
+
+    The CLI and the pytest plugin both build their flags from :data:`OPTIONS`
+    with this, so the two never drift apart. Every flag defaults to ``None``:
+    an unset flag lets the environment and the config file decide.
+    """
+    env = f" [env ${spec.env}]" if spec.env else ""
+    kwargs: dict[str, Any] = {"dest": dest, "default": None, "help": spec.help + env}
+    if isinstance(spec.default, bool):
+        kwargs |= {"action": "store_const", "const": True}
+    else:
+        kwargs["metavar"] = "VALUE"
+    return kwargs

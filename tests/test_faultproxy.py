@@ -19,7 +19,7 @@ from harness.errors import UsageError
 from harness.faultproxy import FaultProxy, Faults
 
 #: Scales every time limit in this file, for slow machines.
-TIME_FACTOR = float(os.environ.get("ISOHARNESS_TIME_FACTOR", "1"))
+TIME_FACTOR = float(os.environ.get("ISOHARNESS_TEST_TIME_FACTOR", "1"))
 
 
 def run(test: Callable[[], Coroutine[Any, Any, None]], limit_s: float = 10.0) -> None:
