@@ -219,6 +219,22 @@ def test_every_violation_is_shown_with_its_raw_frame_and_both_users(tmp_path: Pa
     assert "same tenant" in page.text
 
 
+def test_a_flood_of_violations_shows_200_witnesses_and_counts_the_rest(tmp_path: Path) -> None:
+    one = SUMMARY["violations"][0]
+    summary = dict(
+        SUMMARY,
+        violations=[dict(one, detail=f"leak {i}") for i in range(250)],
+        violation_counts={"cross_delivery": 9000, "shared_state": 1000},
+    )
+    page = render(make_run(tmp_path, summary=summary))
+
+    assert len(page.witnesses) == 200
+    assert "10000 isolation violations" in page.text
+    assert "and 9800 more violations" in page.text
+    assert "leak 199" in page.text
+    assert "leak 200" not in page.text
+
+
 def test_every_evidence_key_is_shown(tmp_path: Path) -> None:
     page = render(make_run(tmp_path))
 

@@ -48,6 +48,9 @@ MAX_CHART_POINTS = 1000
 _MIB = 1024.0 * 1024.0
 _MAX_KINDS = 20
 
+MAX_WITNESSES = 200
+"""Violations shown with their full witness; the rest are counted (all are in summary.json)."""
+
 _VERDICT_HEADLINES = {
     "pass": "No isolation violations found",
     "fail": "Isolation violations found",
@@ -363,10 +366,14 @@ def _context(
     verdict = summary.get("verdict")
     verdict_text = str(verdict).lower() if isinstance(verdict, str) and verdict else "unknown"
     violations = [_violation(i, v) for i, v in enumerate(_sequence(summary.get("violations")), 1)]
+    counted = {
+        str(k): int(n) for k, n in _mapping(summary.get("violation_counts")).items() if _num(n)
+    }
+    total = sum(counted.values()) if counted else len(violations)
     headline = _VERDICT_HEADLINES.get(verdict_text, "No verdict recorded")
-    if verdict_text == "fail" and violations:
-        headline = f"{len(violations)} isolation violation{'s' if len(violations) != 1 else ''}"
-    by_kind = Counter(v.kind for v in violations)
+    if verdict_text == "fail" and total:
+        headline = f"{total} isolation violation{'s' if total != 1 else ''}"
+    by_kind = Counter(counted) if counted else Counter(v.kind for v in violations)
     crossing = Counter(v.kind for v in violations if v.crosses_tenant)
     memory = _mapping(summary.get("memory"))
     facts = [
@@ -390,7 +397,9 @@ def _context(
             for k, v in _mapping(summary.get("coverage")).items()
         ],
         "scenarios": [_scenario(s) for s in _sequence(summary.get("scenarios"))],
-        "violations": violations,
+        "violations": violations[:MAX_WITNESSES],
+        "violations_total": total,
+        "violations_hidden": total - min(len(violations), MAX_WITNESSES),
         "violation_kinds": [(k, n, crossing[k]) for k, n in by_kind.most_common()],
         "errors": [_error(e) for e in _sequence(summary.get("errors"))],
         "memory_status": _text(memory.get("status"), ""),
