@@ -110,8 +110,12 @@ def parse_object(obj: Any) -> Frame:
         return Pong()
     if kind == "error":
         return ErrorFrame(str(obj.get("code", "")), str(obj.get("message", "")))
-    if kind not in PHASE:
-        return Malformed(f"unknown type {kind!r}", obj)
+    if not isinstance(kind, str) or kind not in PHASE:
+        # Clipped: the reason keys the run's error counts, and a target can put
+        # a megabyte (or a new value per frame) in ``type``.
+        shown = repr(kind)
+        shown = shown if len(shown) <= 64 else shown[:64] + "…"
+        return Malformed(f"unknown type {shown}", obj)
     missing = [name for name in EVENT_FIELDS if name not in obj]
     if missing:
         return Malformed(f"{kind} without {', '.join(missing)}", obj)

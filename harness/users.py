@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import zlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Literal
@@ -194,27 +195,43 @@ class UserConnection:
         return run
 
     async def _read(self) -> None:
-        user, sink, clock = self.user.key, self._sink, self._clock
         try:
-            while True:
-                text, binary = await self._channel.recv()
-                frame = parse_frame(text, binary=binary)
-                mono = clock.mono()
-                sink.record(
-                    Received(self._scenario, user, self.id, mono, clock.wall(), text, frame, binary)
-                )
-                if isinstance(frame, Event):
-                    run = self._pending.get(frame.message_id)
-                    if run is not None:
-                        run.first_event.set()
-                        if frame.type == "agent_completed" and not run.done.done():
-                            run.ended_mono = mono
-                            run.done.set_result("completed")
+            if getattr(self._channel, "recv_batch", None) is None:
+                while True:
+                    text, binary = await self._channel.recv()
+                    self._received([(text, binary)])
+            else:
+                # A batch is every frame one read of the socket delivered: one
+                # wake-up, one clock reading for all of them (they arrived together).
+                recv_batch: Callable[[], Awaitable[list[tuple[str, bool]]]]
+                recv_batch = self._channel.recv_batch  # type: ignore[attr-defined]
+                while True:
+                    self._received(await recv_batch())
         except ChannelClosed as exc:
             injected = self._drops_injected and exc.initiator == "error"
             self._finish("injected" if injected else exc.initiator, exc.code, exc.reason)
         except Exception as exc:  # noqa: BLE001 - a transport bug must not kill the run
             self._finish("error", None, f"{type(exc).__name__}: {exc}")
+
+    def _received(self, frames: list[tuple[str, bool]]) -> None:
+        """Record frames that arrived together and settle the runs they complete."""
+        record, scenario, user, conn = self._sink.record, self._scenario, self.user.key, self.id
+        pending = self._pending
+        mono = self._clock.mono()
+        wall = self._clock.wall()
+        for text, binary in frames:
+            frame = parse_frame(text, binary=binary)
+            record(Received(scenario, user, conn, mono, wall, text, frame, binary))
+            if type(frame) is Event:
+                run = pending.get(frame.message_id)
+                if run is not None:
+                    run.first_event.set()
+                    if frame.type == "agent_completed" and not run.done.done():
+                        run.ended_mono = mono
+                        run.done.set_result("completed")
+                        # Its caller holds the run; a long-lived connection
+                        # must not keep every run it ever finished.
+                        del pending[frame.message_id]
 
     def _finish(
         self,

@@ -4,7 +4,9 @@ AEP/1 §4 Completeness: while the connection stays open, every accepted
 message yields exactly its five events (``agent_thinking`` one or more), none
 twice, in order (§3). Completeness is judged on the connection that sent the
 message, for as long as it stays open: a run cut by a disconnect is counted as
-cut, never as lost.
+cut, never as lost. A malformed frame that names a run stands in for the event
+it was meant to be: it is a protocol error (counted in the run's errors), not
+also a lost event.
 
 The tracker is a small state machine fed records as they arrive; it keeps
 state only for runs in flight (plus a short settle period after completion,
@@ -14,29 +16,61 @@ by the length of the run.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.aep import LIFECYCLE, PHASE, REPEATABLE, Event
+from harness.aep import LIFECYCLE, PHASE, REPEATABLE, Event, Malformed
 from harness.findings import Finding
 from harness.oracles.witness import clip, iso_time
 from harness.recording import Closed, Received, Sent
 from harness.types import ConnectionId, ViolationKind
 
 SINGULAR = tuple(name for name in LIFECYCLE if name not in REPEATABLE)
+TYPES_KEPT = 64
+"""Event types of a run kept for the evidence; a run may send any number of thoughts."""
 
 
 @dataclass(slots=True)
 class _Run:
+    # Memory per run is bounded however many events the target sends for it:
+    # in-order seqs fold into ``prefix``, types into ``kinds`` and ``last``.
     sent: Sent
-    seqs: set[int] = field(default_factory=set)
+    prefix: int = 0  # every seq in 1..prefix was received
+    seqs: set[int] = field(default_factory=set)  # the other seqs received
     max_seq: int = 0
     max_phase: int = -1
-    types: list[str] = field(default_factory=list)
+    types: list[str] = field(default_factory=list)  # the first TYPES_KEPT
+    kinds: set[str] = field(default_factory=set)
+    last: str = "nothing"
+    events: int = 0
     run_ids: set[str] = field(default_factory=set)
     completed_at: float | None = None
     reported: set[ViolationKind] = field(default_factory=set)
     last_raw: str = ""
+    malformed: set[str] = field(default_factory=set)
+    malformed_count: int = 0
+
+    def has_seq(self, seq: int) -> bool:
+        return 1 <= seq <= self.prefix or seq in self.seqs
+
+    def add(self, event: Event) -> None:
+        if not self.has_seq(event.seq):
+            self.seqs.add(event.seq)
+            while self.prefix + 1 in self.seqs:
+                self.prefix += 1
+                self.seqs.remove(self.prefix)
+        if len(self.run_ids) < 4:
+            self.run_ids.add(event.run_id)
+        self.kinds.add(event.type)
+        self.last = event.type
+        self.events += 1
+        if len(self.types) < TYPES_KEPT:
+            self.types.append(event.type)
+
+    def received_types(self) -> list[str]:
+        more = self.events - len(self.types)
+        return self.types + [f"… {more} more"] if more else list(self.types)
 
 
 class LifecycleOracle:
@@ -69,12 +103,15 @@ class LifecycleOracle:
     def on_received(self, rec: Received) -> list[Finding]:
         """Check one frame; returns duplicate/out-of-order findings at once."""
         event = rec.frame
+        if isinstance(event, Malformed):
+            self._on_malformed(rec, event)
+            return []
         if not isinstance(event, Event):
             return []
         run = self._runs.get((rec.connection, event.message_id))
         if run is None:
             return []
-        run.last_raw = rec.raw
+        run.last_raw = clip(rec.raw)  # bounded: a run may be in flight a long time
         findings: list[Finding] = []
         phase = PHASE[event.type]
         if event.run_id not in run.run_ids and run.run_ids:
@@ -85,7 +122,7 @@ class LifecycleOracle:
                 f"({event.run_id!r} after {sorted(run.run_ids)!r})",
                 rec,
             )
-        elif event.seq in run.seqs:
+        elif run.has_seq(event.seq):
             findings += self._flag(
                 run,
                 ViolationKind.DUPLICATE_EVENT,
@@ -93,7 +130,7 @@ class LifecycleOracle:
                 f"received twice on {rec.connection}",
                 rec,
             )
-        elif event.type in SINGULAR and event.type in run.types:
+        elif event.type in SINGULAR and event.type in run.kinds:
             findings += self._flag(
                 run,
                 ViolationKind.DUPLICATE_EVENT,
@@ -105,17 +142,31 @@ class LifecycleOracle:
                 run,
                 ViolationKind.OUT_OF_ORDER,
                 f"{event.type} (seq {event.seq}) of message {event.message_id} arrived after "
-                f"{run.types[-1]} (seq {run.max_seq}) on {rec.connection}",
+                f"{run.last} (seq {run.max_seq}) on {rec.connection}",
                 rec,
             )
-        run.run_ids.add(event.run_id)
-        run.seqs.add(event.seq)
+        run.add(event)
         run.max_seq = max(run.max_seq, event.seq)
         run.max_phase = max(run.max_phase, phase)
-        run.types.append(event.type)
         if event.type == "agent_completed" and run.completed_at is None:
             run.completed_at = rec.mono
         return findings
+
+    def _on_malformed(self, rec: Received, frame: Malformed) -> None:
+        # A malformed frame that names one of this connection's runs was sent for
+        # that run: a protocol error (counted by the run), so the event it stood
+        # for is not also reported lost.
+        obj = frame.obj
+        if not isinstance(obj, dict) or not isinstance(obj.get("message_id"), str):
+            return
+        run = self._runs.get((rec.connection, obj["message_id"]))
+        if run is None:
+            return
+        kind = obj.get("type")
+        run.malformed.add(kind if isinstance(kind, str) and kind in PHASE else "?")
+        run.malformed_count += 1
+        if kind == "agent_completed" and run.completed_at is None:
+            run.completed_at = rec.mono
 
     def on_closed(self, rec: Closed) -> list[Finding]:
         """Judge the runs of a closed connection: unfinished ones were cut, not lost."""
@@ -177,7 +228,7 @@ class LifecycleOracle:
     def _judge(self, run: _Run, *, now: float) -> list[Finding]:
         mid = run.sent.message_id
         if run.completed_at is None:
-            got = ", ".join(run.types) or "nothing"
+            got = ", ".join(run.received_types()) or "nothing"
             waited = now - run.sent.mono
             return self._flag(
                 run,
@@ -187,10 +238,16 @@ class LifecycleOracle:
                 None,
             )
         self.completed += 1
-        missing = [name for name in SINGULAR if name not in run.types]
-        if "agent_thinking" not in run.types:
+        seen = run.kinds | run.malformed
+        missing = [name for name in SINGULAR if name not in seen]
+        if "agent_thinking" not in seen:
             missing.append("agent_thinking")
-        gaps = sorted(set(range(1, run.max_seq + 1)) - run.seqs)
+        # Counted, never enumerated: a target may send seq 10**18.
+        held = run.prefix + sum(1 for seq in run.seqs if run.prefix < seq <= run.max_seq)
+        gaps: list[int] = []
+        if run.max_seq - held > run.malformed_count:
+            absent = (n for n in range(run.prefix + 1, run.max_seq + 1) if n not in run.seqs)
+            gaps = list(itertools.islice(absent, 10))
         if missing or gaps:
             what = ", ".join(missing) if missing else f"seq {', '.join(map(str, gaps))}"
             return self._flag(
@@ -214,7 +271,7 @@ class LifecycleOracle:
             "thread_id": sent.thread_id,
             "sent_at": iso_time(sent.wall),
             "sent_mono": round(sent.mono, 6),
-            "received_types": list(run.types),
+            "received_types": run.received_types(),
             "seed": self._seed,
         }
         if rec is not None:
@@ -224,7 +281,7 @@ class LifecycleOracle:
                 "received_mono": round(rec.mono, 6),
             }
         elif run.last_raw:
-            evidence["last_raw"] = clip(run.last_raw)
+            evidence["last_raw"] = run.last_raw
         return [
             Finding(
                 kind=kind,

@@ -22,18 +22,23 @@ def clip(text: str, limit: int = EVIDENCE_RAW_LIMIT) -> str:
 
 def locate(obj: Any, needle: str, path: str = "") -> str | None:
     """The JSON path (``data.history[2]``) of the first string containing ``needle``."""
-    if isinstance(obj, str):
-        return path or "$" if needle in obj else None
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            if needle in str(key):
-                return f"{path}.{key} (key)" if path else f"{key} (key)"
-            found = locate(value, needle, f"{path}.{key}" if path else str(key))
-            if found:
-                return found
-    if isinstance(obj, list):
-        for index, value in enumerate(obj):
-            found = locate(value, needle, f"{path}[{index}]")
-            if found:
-                return found
+    # Depth-first with an explicit stack, not recursion: orjson parses frames
+    # nested up to 1024 deep, and a RecursionError must not hide a canary.
+    stack: list[tuple[Any, str, bool]] = [(obj, path, False)]
+    while stack:
+        node, where, is_key = stack.pop()
+        if is_key:
+            if needle in node:
+                return f"{where} (key)"
+        elif isinstance(node, str):
+            if needle in node:
+                return where or "$"
+        elif isinstance(node, dict):
+            for key, value in reversed(node.items()):
+                child = f"{where}.{key}" if where else str(key)
+                stack.append((value, child, False))
+                stack.append((str(key), child, True))
+        elif isinstance(node, list):
+            for index in range(len(node) - 1, -1, -1):
+                stack.append((node[index], f"{where}[{index}]", False))
     return None
