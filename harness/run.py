@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.aep import ErrorFrame, Malformed
+from harness.aep import ErrorFrame, Event, Malformed
 from harness.canary import CanaryBook
 from harness.coverage import CONDITIONS, missing
 from harness.findings import Finding
@@ -40,6 +40,15 @@ from harness.types import ConnectionId, DeliveryPolicy, ScenarioId, UserKey, Ver
 SCHEMA = "isoharness.summary/1"
 MAX_FINDINGS = 2000
 """Findings kept with full evidence; beyond this only counts grow (bounded memory)."""
+SWEEP_EVERY = 500
+"""Records between two automatic sweeps of the lifecycle oracle …"""
+SWEEP_INTERVAL_S = 0.1
+"""… and the least time between them (settled runs are kept for a second anyway)."""
+
+UNRESPONSIVE = (
+    "runs that got no event at all while their connection received nothing for the whole "
+    "lifecycle timeout: the target stopped answering"
+)
 
 EXIT_CODES: dict[Verdict, int] = {
     Verdict.PASS: 0,
@@ -104,6 +113,9 @@ class Run:
         policy: who may receive another user's events.
         lifecycle_timeout_s: how long a run may take before it counts as lost.
         redact: applied to everything written to disk.
+        needs_redaction: a cheap necessary condition for ``redact`` to change
+            a line (see :class:`~harness.recording.EventLog`); ``None``: every
+            line is redacted.
     """
 
     def __init__(
@@ -117,6 +129,7 @@ class Run:
         policy: DeliveryPolicy = DeliveryPolicy.OWNER_ONLY,
         lifecycle_timeout_s: float = 20.0,
         redact: Callable[[str], str] | None = None,
+        needs_redaction: Callable[[str], bool] | None = None,
     ) -> None:
         self.target = target
         self.report_dir = report_dir
@@ -129,7 +142,9 @@ class Run:
         self.started_wall = time.time()
         self.canaries = CanaryBook(run_key)
         report_dir.mkdir(parents=True, exist_ok=True)
-        self.log = EventLog(report_dir / "events.jsonl", redact=redact)
+        self.log = EventLog(
+            report_dir / "events.jsonl", redact=redact, needs_redaction=needs_redaction
+        )
         self._cross = CrossDeliveryOracle(self.canaries, policy=policy, seed=seed)
         self._lifecycle = LifecycleOracle(timeout_s=lifecycle_timeout_s, seed=seed)
         self.findings: list[Finding] = []
@@ -140,6 +155,7 @@ class Run:
         self.errors: dict[tuple[str, str], dict[str, Any]] = {}
         self.probe_outcomes: Counter[str] = Counter()
         self._records_since_sweep = 0
+        self._last_sweep = 0.0
         self._connections = 0
 
     def next_connection_id(self) -> ConnectionId:
@@ -174,11 +190,19 @@ class Run:
 
     def _observe(self, rec: Record) -> None:
         if isinstance(rec, Received):
+            # The hot path, once per frame: findings are rare, so only a
+            # non-empty list is handed on.
             self.counts["events_received"] += 1
-            self.add_findings(self._cross.check(rec))
-            self.add_findings(self._lifecycle.on_received(rec))
+            found = self._cross.check(rec)
+            if found:
+                self.add_findings(found)
+            found = self._lifecycle.on_received(rec)
+            if found:
+                self.add_findings(found)
             frame = rec.frame
-            if isinstance(frame, Malformed):
+            if type(frame) is Event:
+                pass
+            elif isinstance(frame, Malformed):
                 self.error("protocol_error", frame.reason, clip(rec.raw, 512))
             elif isinstance(frame, ErrorFrame):
                 self.error("target_rejected_frame", f"{frame.code}: {frame.message}"[:200])
@@ -207,13 +231,19 @@ class Run:
                     check_exchange(rec, self.canaries, policy=self.policy, seed=self.seed)
                 )
         self._records_since_sweep += 1
-        if self._records_since_sweep >= 500:
-            self.sweep()
+        if self._records_since_sweep >= SWEEP_EVERY:
+            # A sweep walks every run in flight: every SWEEP_EVERY records, but
+            # not more often than SWEEP_INTERVAL_S, or a fast stream pays for
+            # thousands of runs per few hundred frames.
+            self._records_since_sweep = 0
+            if self.clock.mono() - self._last_sweep >= SWEEP_INTERVAL_S:
+                self.sweep()
 
     def sweep(self) -> None:
         """Judge runs that have settled or timed out."""
         self._records_since_sweep = 0
-        self.add_findings(self._lifecycle.sweep(self.clock.mono()))
+        self._last_sweep = now = self.clock.mono()
+        self.add_findings(self._lifecycle.sweep(now))
 
     def judge_connection(self, connection: ConnectionId) -> None:
         """Judge the runs of a connection that is still open (before the harness closes it)."""
@@ -277,6 +307,12 @@ class Run:
 
     # -- verdict and summary ---------------------------------------------------------------------
 
+    def _sync_unresponsive(self) -> None:
+        count = self._lifecycle.unresponsive
+        if count:
+            key = ("target_unresponsive", UNRESPONSIVE)
+            self.errors[key] = {"kind": key[0], "detail": key[1], "count": count}
+
     def verdict(self, *, interrupted: bool = False, target_unusable: bool = False) -> Verdict:
         """``interrupted`` if stopped early, else ``fail`` on any violation, then
         ``error``, then ``inconclusive`` when a scenario missed its conditions."""
@@ -285,7 +321,13 @@ class Run:
             return Verdict.INTERRUPTED
         if self.finding_counts:
             return Verdict.FAIL
-        if target_unusable or any(r.outcome == "error" for r in self.scenarios.values()):
+        self._sync_unresponsive()
+        unresponsive = self._lifecycle.unresponsive > 0
+        if (
+            target_unusable
+            or unresponsive
+            or any(r.outcome == "error" for r in self.scenarios.values())
+        ):
             return Verdict.ERROR
         if not self.scenarios or any(r.missing for r in self.scenarios.values()):
             return Verdict.INCONCLUSIVE
@@ -293,6 +335,7 @@ class Run:
 
     def summary(self, verdict: Verdict, *, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """The ``summary.json`` document (schema ``isoharness.summary/1``)."""
+        self._sync_unresponsive()
         coverage: Counter[str] = Counter()
         for result in self.scenarios.values():
             coverage.update(result.coverage)

@@ -141,3 +141,18 @@ def test_at_the_end_a_run_past_the_timeout_is_lost(oracle):
     feed(oracle, lifecycle(ALICE, "m1", "x")[:2])
     [finding] = oracle.finish(now=12.0)
     assert finding.kind is ViolationKind.LOST_EVENT
+
+
+def test_a_run_on_a_connection_that_heard_nothing_is_unresponsive_not_lost(oracle):
+    oracle.on_sent(sent(ALICE, "m1", mono=0.0))
+    assert oracle.sweep(now=11.0) == []
+    assert oracle.unresponsive == 1
+
+
+def test_a_whole_run_missing_while_others_arrive_is_lost(oracle):
+    oracle.on_sent(sent(ALICE, "m1", mono=0.0))
+    oracle.on_sent(sent(ALICE, "m2", mono=0.0))
+    feed(oracle, lifecycle(ALICE, "m2", "y"))  # the connection is alive; m1 got nothing
+    [finding] = [f for f in oracle.sweep(now=11.0) if f.kind is ViolationKind.LOST_EVENT]
+    assert "message m1" in finding.detail
+    assert oracle.unresponsive == 0

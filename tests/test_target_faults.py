@@ -28,11 +28,12 @@ from misbehaving_target import MisbehavingTarget
 
 from harness.credentials import JwtCredentials
 from harness.recording import RAW_LIMIT
-from harness.run import Run, Target
+from harness.run import UNRESPONSIVE, Run, Target
 from harness.scenario import Scenario, Sizes, Wiring
 from harness.transport.base import HttpResponse
 from harness.transport.http import AiohttpClient
 from harness.transport.websocket import MAX_FRAME_BYTES, WebSocketConnector
+from harness.types import Verdict
 
 EXAMPLE_LIMIT = 600
 """An error's example is clipped to 512 characters plus a marker saying how long it was."""
@@ -363,19 +364,19 @@ def test_a_restart_on_the_same_port_mid_run_cuts_runs_and_the_next_chat_works(sc
     harness.verify()
 
 
-def test_a_target_that_accepts_and_never_answers_loses_every_run_in_bounded_time(
-    target, scenario_at
-):
-    # Runs on open connections that get nothing are lost (AEP/1 §4 completeness):
-    # never a cross-user finding, and the scenario ends once the timeout is over.
+def test_a_target_that_accepts_and_never_answers_is_an_error_not_a_violation(target, scenario_at):
+    # Issue: "a server that accepts and then says nothing" is a target fault. Runs on
+    # connections that heard nothing at all are counted as unresponsive (verdict error),
+    # never as lost events, and the scenario ends once the timeout is over.
     target.configure("silent")
     harness = scenario_at(target, lifecycle_timeout_s=1.0)
     sent, elapsed = chat(harness)
     run = harness.run
     assert sent == RUNS
     assert elapsed < seconds(1.0 + 2.5)
-    assert run.finding_counts == {"lost_event": RUNS}
-    assert_survived(run, violations=("lost_event",))
+    assert run.finding_counts == {}
+    assert run.verdict() is Verdict.ERROR
+    assert errors_of(run, "target_unresponsive") == {UNRESPONSIVE: RUNS}
 
 
 @pytest.mark.parametrize(

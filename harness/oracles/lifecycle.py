@@ -17,6 +17,7 @@ by the length of the run.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +92,10 @@ class LifecycleOracle:
         self.completed = 0
         self.cut = 0
         self.abandoned = 0
+        #: Runs that got nothing while their connection heard nothing at all: the
+        #: target stopped answering (a target fault), not an event lost among others.
+        self.unresponsive = 0
+        self._heard: dict[ConnectionId, float] = {}
 
     @property
     def in_flight(self) -> int:
@@ -102,6 +107,7 @@ class LifecycleOracle:
 
     def on_received(self, rec: Received) -> list[Finding]:
         """Check one frame; returns duplicate/out-of-order findings at once."""
+        self._heard[rec.connection] = rec.mono
         event = rec.frame
         if isinstance(event, Malformed):
             self._on_malformed(rec, event)
@@ -177,6 +183,7 @@ class LifecycleOracle:
                 self.cut += 1
             else:
                 findings += self._judge(run, now=rec.mono)
+        self._heard.pop(rec.connection, None)
         return findings
 
     def sweep(self, now: float) -> list[Finding]:
@@ -195,6 +202,7 @@ class LifecycleOracle:
         findings: list[Finding] = []
         for key in [k for k in self._runs if k[0] == connection]:
             findings += self._judge(self._runs.pop(key), now=now)
+        self._heard.pop(connection, None)
         return findings
 
     def abandon_connection(self, connection: ConnectionId, now: float) -> list[Finding]:
@@ -207,6 +215,7 @@ class LifecycleOracle:
                 self.abandoned += 1
             else:
                 findings += self._judge(run, now=now)
+        self._heard.pop(connection, None)
         return findings
 
     def finish(self, now: float) -> list[Finding]:
@@ -223,10 +232,15 @@ class LifecycleOracle:
             else:
                 findings += self._judge(run, now=now)
         self._runs.clear()
+        self._heard.clear()
         return findings
 
     def _judge(self, run: _Run, *, now: float) -> list[Finding]:
         mid = run.sent.message_id
+        if run.completed_at is None and not run.kinds and not run.malformed:
+            if self._heard.get(run.sent.connection, -math.inf) < run.sent.mono:
+                self.unresponsive += 1
+                return []
         if run.completed_at is None:
             got = ", ".join(run.received_types()) or "nothing"
             waited = now - run.sent.mono
