@@ -97,7 +97,13 @@ class IsolationViolation(AssertionError):
 
     def __str__(self) -> str:
         lines = [f"{len(self.findings)} isolation violation(s):"]
-        lines += [f"  - {f}" for f in self.findings[:20]]
+        for index, finding in enumerate(self.findings[:20]):
+            witness = getattr(finding, "witness_lines", None)
+            if index < 5 and callable(witness):
+                first, *rest = witness()
+                lines += [f"  - {first}", *rest]
+            else:
+                lines.append(f"  - {finding}")
         if len(self.findings) > 20:
             lines.append(f"  … and {len(self.findings) - 20} more (see the report)")
         return "\n".join(lines)

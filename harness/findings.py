@@ -50,5 +50,18 @@ class Finding:
             "evidence": dict(self.evidence),
         }
 
+    def witness_lines(self, *, raw_limit: int = 300) -> list[str]:
+        """The finding as a few lines: what, the raw frame or body, when, the seed."""
+        lines = [str(self)]
+        ev = self.evidence
+        raw = ev.get("raw") or ev.get("last_raw")
+        if isinstance(raw, str) and raw:
+            lines.append(f"    witness: {raw if len(raw) <= raw_limit else raw[:raw_limit] + '…'}")
+        when = ev.get("received_at") or ev.get("sent_at")
+        facts = [f"received {when}" if when else "", f"seed {ev['seed']}" if "seed" in ev else ""]
+        if any(facts):
+            lines.append("    " + " · ".join(f for f in facts if f))
+        return lines
+
     def __str__(self) -> str:
         return f"{self.kind}: {self.detail}"
