@@ -13,7 +13,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from harness.canary import CANARY_RE
@@ -28,7 +28,6 @@ from harness.transport.base import ChannelClosed, Connector, HttpClient
 from harness.types import ScenarioId, UserKey
 from harness.users import PendingRun, SimUser, UserConnection, make_identity
 
-T = TypeVar("T")
 SETTLE_S = 0.3
 """Pause after the last run ends, before closing, so late duplicates are seen."""
 ABANDON_AFTER_S = 2.0
