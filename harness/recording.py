@@ -23,6 +23,8 @@ from harness.types import ConnectionId, ScenarioId, UserKey
 
 RAW_LIMIT = 65536
 """Characters of a frame kept in ``events.jsonl``; longer frames are truncated."""
+WRITE_BUFFER_BYTES = 1 << 18
+"""The file's write buffer: a write system call per ~700 frames, not per ~20."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +134,20 @@ def _clip(text: str) -> dict[str, Any]:
 def to_json(rec: Record) -> dict[str, Any]:
     """The ``events.jsonl`` form of a record (one JSON object per line)."""
     if isinstance(rec, Received):
-        line: dict[str, Any] = {"k": "recv", "t": rec.wall, "m": round(rec.mono, 6)}
-        line |= {"scenario": rec.scenario, "user": str(rec.receiver), "conn": rec.connection}
-        line |= _clip(rec.raw)
+        # The hot path (one per frame): one dict, built in its final key order.
+        receiver = rec.receiver
+        raw = rec.raw
+        line: dict[str, Any] = {
+            "k": "recv",
+            "t": rec.wall,
+            "m": round(rec.mono, 6),
+            "scenario": rec.scenario,
+            "user": f"{receiver.tenant}/{receiver.user}",
+            "conn": rec.connection,
+            "raw": raw if len(raw) <= RAW_LIMIT else raw[:RAW_LIMIT],
+        }
+        if len(raw) > RAW_LIMIT:
+            line["truncated_from"] = len(raw)
         if rec.binary:
             line["binary"] = True
         return line
@@ -195,7 +208,15 @@ class EventLog:
         path: the file (created, or appended to).
         redact: applied to every line before it is written, so no token or
             secret a service echoes back reaches the disk.
+        needs_redaction: an optional cheap test, true for every line that
+            ``redact`` would change (a necessary condition, such as "contains
+            a secret's first characters"); lines it clears are written as they
+            are, which spares the full redaction pass on nearly every frame.
+            ``None``: every line goes through ``redact``.
         flush_interval_s: the most a killed run can lose.
+
+    Lines go through a large write buffer; the flush interval, not the
+    buffer, bounds what a killed run loses.
 
     Thread-safe: xdist-free runs write from one event loop, but the soak's
     summary writer may flush from another thread.
@@ -206,11 +227,13 @@ class EventLog:
         path: Path,
         *,
         redact: Callable[[str], str] | None = None,
+        needs_redaction: Callable[[str], bool] | None = None,
         flush_interval_s: float = 0.2,
     ) -> None:
         self.path = path
-        self._file: IO[bytes] | None = path.open("ab")
+        self._file: IO[bytes] | None = path.open("ab", buffering=WRITE_BUFFER_BYTES)
         self._redact = redact
+        self._needs = needs_redaction
         self._interval = flush_interval_s
         self._last_flush = time.monotonic()
         self._lock = threading.Lock()
@@ -223,8 +246,11 @@ class EventLog:
     def write_obj(self, obj: dict[str, Any]) -> None:
         """Append one JSON object as a line."""
         data = orjson.dumps(obj)
-        if self._redact is not None:
-            data = self._redact(data.decode()).encode()
+        redact = self._redact
+        if redact is not None:
+            text = data.decode()
+            if self._needs is None or self._needs(text):
+                data = redact(text).encode()
         with self._lock:
             if self._file is None:
                 return

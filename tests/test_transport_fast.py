@@ -1,0 +1,411 @@
+"""The fast transport behaves as the websockets one: real servers on 127.0.0.1, port 0.
+
+Every test runs its own event loop (``asyncio.run``) against a ``websockets``
+server in the same loop, or, end to end, against the reference service in
+its own process. Unclosed transports would fail the run (filterwarnings=error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_helpers import SECRET, seconds
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from harness.credentials import JwtCredentials
+from harness.embedded import EmbeddedService
+from harness.errors import AuthRefused, TargetError, TargetUnreachable
+from harness.run import Run, Target
+from harness.scenario import Scenario, Sizes, Wiring
+from harness.transport.base import ChannelClosed
+from harness.transport.fast import MAX_FRAME_BYTES, FastChannel, FastConnector
+from harness.transport.http import AiohttpClient
+from harness.types import ViolationKind
+
+Handler = Callable[[ServerConnection], Awaitable[None]]
+
+
+def run(test: Callable[[], Coroutine[Any, Any, None]], limit_s: float = 10.0) -> None:
+    async def bounded() -> None:
+        async with asyncio.timeout(seconds(limit_s)):
+            await test()
+
+    asyncio.run(bounded())
+
+
+async def with_server(
+    handler: Handler,
+    body: Callable[[str], Awaitable[None]],
+    *,
+    process_request: Callable[[ServerConnection, Request], Response | None] | None = None,
+) -> None:
+    """Run ``body(url)`` against a websockets server on a free loopback port."""
+    async with serve(
+        handler, "127.0.0.1", 0, process_request=process_request, compression=None
+    ) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        await body(f"ws://127.0.0.1:{port}/ws")
+
+
+async def echo(ws: ServerConnection) -> None:
+    async for message in ws:
+        await ws.send(message)
+
+
+async def open_channel(url: str, **kwargs: Any) -> FastChannel:
+    channel = await FastConnector(open_timeout_s=seconds(2)).connect(url, token="t0k3n", **kwargs)
+    assert isinstance(channel, FastChannel)
+    return channel
+
+
+async def read_all(channel: FastChannel) -> tuple[list[tuple[str, bool]], ChannelClosed]:
+    """Every frame until the channel ends, and how it ended."""
+    frames: list[tuple[str, bool]] = []
+    while True:
+        try:
+            frames += await channel.recv_batch()
+        except ChannelClosed as end:
+            return frames, end
+
+
+def test_echo_in_both_directions() -> None:
+    async def body(url: str) -> None:
+        channel = await open_channel(url)
+        await channel.send('{"type":"ping"}')
+        assert await channel.recv() == ('{"type":"ping"}', False)
+        await channel.send("héllo ✓")
+        assert await channel.recv_batch() == [("héllo ✓", False)]
+        await channel.close()
+
+    run(lambda: with_server(echo, body))
+
+
+def test_frames_that_arrive_together_are_read_in_one_batch() -> None:
+    async def burst(ws: ServerConnection) -> None:
+        await ws.recv()
+        # One write of fifty frames: the client reads them in few batches.
+        ws.protocol.send_text(b"0")
+        for n in range(1, 50):
+            ws.protocol.send_text(str(n).encode())
+        ws.send_data()
+        await ws.wait_closed()
+
+    async def body(url: str) -> None:
+        channel = await open_channel(url)
+        await channel.send("go")
+        batches: list[list[tuple[str, bool]]] = []
+        while sum(map(len, batches)) < 50:
+            batches.append(await channel.recv_batch())
+        assert [text for batch in batches for text, _ in batch] == [str(n) for n in range(50)]
+        assert max(map(len, batches)) > 1
+        await channel.close()
+
+    run(lambda: with_server(burst, body))
+
+
+def test_recv_hands_out_a_batch_one_frame_at_a_time_in_order() -> None:
+    async def three(ws: ServerConnection) -> None:
+        for text in ("a", "b", "c"):
+            await ws.send(text)
+        await ws.close(1000, "done")
+
+    async def body(url: str) -> None:
+        channel = await open_channel(url)
+        got = [await channel.recv() for _ in range(3)]
+        assert got == [("a", False), ("b", False), ("c", False)]
+        with pytest.raises(ChannelClosed) as end:
+            await channel.recv()
+        assert (end.value.code, end.value.reason, end.value.initiator) == (1000, "done", "server")
+        await channel.close()
+
+    run(lambda: with_server(three, body))
+
+
+def test_binary_frames_are_decoded_with_replacement_and_flagged() -> None:
+    async def binary(ws: ServerConnection) -> None:
+        await ws.send(b"ok \xff")
+        await ws.send([b"frag", b"mented"])  # a fragmented binary message
+        await ws.send(["frag", "mented ✓"])  # a fragmented text message
+        await ws.wait_closed()
+
+    async def body(url: str) -> None:
+        channel = await open_channel(url)
+        frames: list[tuple[str, bool]] = []
+        while len(frames) < 3:
+            frames += await channel.recv_batch()
+        assert frames == [("ok \ufffd", True), ("fragmented", True), ("fragmented ✓", False)]
+        await channel.close()
+
+    run(lambda: with_server(binary, body))
+
+
+def test_a_frame_over_the_limit_closes_the_connection_with_1009() -> None:
+    closed: list[int | None] = []
+
+    async def huge(ws: ServerConnection) -> None:
+        await ws.send("before")
+        await ws.send("x" * (MAX_FRAME_BYTES + 1))
+        try:
+            await ws.recv()
+        except ConnectionClosed as exc:
+            closed.append(exc.rcvd.code if exc.rcvd else None)
+
+    async def body(url: str) -> None:
+        channel = await open_channel(url)
+        frames, end = await read_all(channel)
+        assert frames == [("before", False)]
+        assert (end.code, end.initiator) == (1009, "error")
+        assert "1048577" in end.reason
+        await channel.close()
+
+    run(lambda: with_server(huge, body))
+    assert closed == [1009]
+
+
+def test_invalid_utf8_in_a_text_frame_closes_the_connection_with_1007() -> None:
+    async def invalid(ws: ServerConnection) -> None:
+        ws.protocol.send_text(b"bad \xff")
+        ws.send_data()
+        await ws.wait_closed()
+
+    async def body(url: str) -> None:
+        channel = await open_channel(url)
+        frames, end = await read_all(channel)
+        assert frames == []
+        assert (end.code, end.initiator) == (1007, "error")
+        await channel.close()
+
+    run(lambda: with_server(invalid, body))
+
+
+def test_a_close_by_the_server_carries_its_code_and_reason() -> None:
+    async def closer(ws: ServerConnection) -> None:
+        await ws.send("last words")
+        await ws.close(4401, "token expired")
+
+    async def body(url: str) -> None:
+        channel = await open_channel(url)
+        frames, end = await read_all(channel)
+        assert frames == [("last words", False)]
+        assert (end.code, end.reason, end.initiator) == (4401, "token expired", "server")
+        with pytest.raises(ChannelClosed) as again:
+            await channel.send("too late")
+        assert again.value.initiator == "server"
+        await channel.close()
+
+    run(lambda: with_server(closer, body))
+
+
+def test_a_connection_lost_without_a_close_frame_is_an_error() -> None:
+    async def vanish(ws: ServerConnection) -> None:
+        await ws.send("hello")
+        ws.transport.abort()
+
+    async def body(url: str) -> None:
+        channel = await open_channel(url)
+        frames, end = await read_all(channel)
+        assert frames == [("hello", False)]
+        assert (end.code, end.reason, end.initiator) == (
+            None,
+            "connection lost without a close frame",
+            "error",
+        )
+        await channel.close()
+
+    run(lambda: with_server(vanish, body))
+
+
+def test_close_by_the_client_is_a_1000_handshake() -> None:
+    seen: list[tuple[int, str] | None] = []
+
+    async def watch(ws: ServerConnection) -> None:
+        try:
+            await ws.recv()
+        except ConnectionClosed as exc:
+            seen.append((exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else None)
+
+    async def body(url: str) -> None:
+        channel = await open_channel(url)
+        reader = asyncio.create_task(read_all(channel))
+        await asyncio.sleep(0.01)
+        await channel.close()
+        frames, end = await reader
+        assert frames == []
+        assert (end.code, end.initiator) == (1000, "client")
+        with pytest.raises(ChannelClosed) as again:
+            await channel.send("after close")
+        assert again.value.initiator == "client"
+        await channel.close()  # twice is harmless
+
+    run(lambda: with_server(watch, body))
+    assert seen == [(1000, "")]
+
+
+def test_abort_drops_the_connection_without_a_close_frame() -> None:
+    seen: list[object] = []
+
+    async def watch(ws: ServerConnection) -> None:
+        try:
+            await ws.recv()
+        except ConnectionClosed as exc:
+            seen.append(exc.rcvd)
+
+    async def body(url: str) -> None:
+        channel = await open_channel(url)
+        reader = asyncio.create_task(read_all(channel))
+        await asyncio.sleep(0.01)
+        await channel.abort()
+        _, end = await reader
+        assert end.initiator == "client"
+        await channel.close()
+
+    run(lambda: with_server(watch, body))
+    assert seen == [None]
+
+
+def test_the_token_goes_in_the_header_or_in_the_query() -> None:
+    seen: list[tuple[str | None, str]] = []
+
+    def check(ws: ServerConnection, request: Request) -> Response | None:
+        seen.append((request.headers.get("Authorization"), request.path))
+        return None
+
+    async def body(url: str) -> None:
+        for in_query in (False, True):
+            channel = await open_channel(url, token_in_query=in_query)
+            await channel.close()
+
+    run(lambda: with_server(echo, body, process_request=check))
+    assert seen == [("Bearer t0k3n", "/ws"), (None, "/ws?token=t0k3n")]
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "message"),
+    [
+        (HTTPStatus.UNAUTHORIZED, AuthRefused, "the WebSocket handshake was refused (401)"),
+        (HTTPStatus.FORBIDDEN, AuthRefused, "the WebSocket handshake was refused (403)"),
+        (HTTPStatus.INTERNAL_SERVER_ERROR, TargetError, "the WebSocket handshake answered 500"),
+    ],
+)
+def test_a_refused_handshake_is_mapped_like_the_websockets_transport(
+    status: HTTPStatus, error: type[TargetError], message: str
+) -> None:
+    def refuse(ws: ServerConnection, request: Request) -> Response:
+        return ws.respond(status, '{"error": "unauthorized"}\n')
+
+    async def body(url: str) -> None:
+        with pytest.raises(error) as refused:
+            await open_channel(url)
+        assert type(refused.value) is error
+        assert refused.value.reason == message
+
+    run(lambda: with_server(echo, body, process_request=refuse))
+
+
+def test_a_refused_port_is_unreachable() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def body() -> None:
+        with pytest.raises(TargetUnreachable) as unreachable:
+            await open_channel(f"ws://127.0.0.1:{port}/ws")
+        assert unreachable.value.reason.startswith("cannot connect: ")
+
+    run(body)
+
+
+def test_a_server_that_never_answers_the_handshake_times_out() -> None:
+    accepted: list[asyncio.BaseTransport] = []
+
+    class Silent(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            accepted.append(transport)
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            connector = FastConnector(open_timeout_s=0.2)
+            with pytest.raises(TargetError) as silent:
+                await connector.connect(f"ws://127.0.0.1:{port}/ws", token="t")
+            assert silent.value.reason == "no WebSocket handshake within 0.2s"
+        finally:
+            for transport in accepted:
+                transport.close()
+            server.close()
+            await server.wait_closed()
+
+    run(body)
+
+
+# -- end to end: the harness's users on the fast transport ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def services() -> Iterator[dict[str, EmbeddedService]]:
+    with (
+        EmbeddedService(jwt_secret=SECRET, think_ms=(0, 2)) as clean,
+        EmbeddedService(jwt_secret=SECRET, think_ms=(1, 4), faults=["singleton_emitter"]) as bad,
+    ):
+        yield {"clean": clean, "singleton_emitter": bad}
+
+
+def chat_scenario(service: EmbeddedService, report_dir: Path) -> Scenario:
+    run_ = Run(
+        target=Target(service.url, service.url.replace("http", "ws", 1) + "/ws", embedded=True),
+        report_dir=report_dir,
+        seed=11,
+        run_key=b"fast-transport-run-key-32-bytes!",
+        run_id="20260101T000000Z-f4s7tr",
+        lifecycle_timeout_s=5.0,
+    )
+    wiring = Wiring(
+        base_url=service.url,
+        ws_url=run_.target.ws_url,
+        connector=lambda: FastConnector(open_timeout_s=seconds(5)),
+        http=AiohttpClient,
+        credentials=JwtCredentials(SECRET),
+    )
+    sizes = Sizes(users=6, tenants=2, connections_per_user=2, messages_per_user=4)
+    return Scenario(run_, "test_transport_fast", sizes=sizes, wiring=wiring)
+
+
+def test_a_chat_over_the_fast_transport_passes_on_the_clean_service(
+    services: dict[str, EmbeddedService], tmp_path: Path
+) -> None:
+    harness = chat_scenario(services["clean"], tmp_path)
+    try:
+        harness.conditions("overlapping_runs")
+        users = harness.users()
+        assert harness.chat(users) == 24
+        harness.verify()
+        run_ = harness.run
+        assert run_.counts["events_received"] >= 24 * 2 * 5  # two connections per user
+        assert run_.counts["connections"] == 12
+        assert not run_.errors
+        run_.log.flush()
+        assert run_.log.lines == run_.log.path.read_bytes().count(b"\n")
+    finally:
+        harness.run.close()
+
+
+def test_a_chat_over_the_fast_transport_finds_the_singleton_emitter_leak(
+    services: dict[str, EmbeddedService], tmp_path: Path
+) -> None:
+    harness = chat_scenario(services["singleton_emitter"], tmp_path)
+    try:
+        users = harness.users()
+        harness.chat(users, messages=6)
+        assert harness.run.finding_counts[str(ViolationKind.CROSS_DELIVERY)] > 0
+    finally:
+        harness.run.close()
