@@ -23,8 +23,6 @@ from harness.types import UserKey
 
 CANARY_RE = re.compile(r"iso[a-z2-7]{16}")
 """Matches anything shaped like a canary; :meth:`CanaryBook.owner_of` says whose."""
-_CANDIDATES = re.compile(r"(?=(iso[a-z2-7]{16}))")
-# Overlapping matches: in "isoiso…" the first "iso" must not hide the canary after it.
 
 
 def mint_canary(run_key: bytes, owner: UserKey) -> str:
@@ -68,14 +66,18 @@ class CanaryBook:
     def find(self, text: str) -> Iterator[tuple[str, UserKey]]:
         """Yield ``(canary, owner)`` for every known canary in ``text``, once each."""
         seen: set[str] = set()
-        for match in _CANDIDATES.finditer(text):
-            canary = match.group(1)
-            if canary in seen:
-                continue
-            seen.add(canary)
-            owner = self._owners.get(canary)
-            if owner is not None:
-                yield canary, owner
+        search = CANARY_RE.search
+        match = search(text)
+        while match is not None:
+            canary = match.group()
+            if canary not in seen:
+                seen.add(canary)
+                owner = self._owners.get(canary)
+                if owner is not None:
+                    yield canary, owner
+            # Resume one character on, not at the end: in "iso…iso…" a first,
+            # unknown "iso" must not swallow the canary that starts inside it.
+            match = search(text, match.start() + 1)
 
     def __len__(self) -> int:
         return len(self._owners)

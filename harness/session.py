@@ -30,6 +30,7 @@ from harness.safety import Redactor, check_target_allowed
 from harness.scenario import Scenario, Sizes, Wiring
 from harness.settings import Settings
 from harness.transport.base import make_ssl_context
+from harness.transport.fast import FastConnector
 from harness.transport.http import AiohttpClient
 from harness.transport.websocket import WebSocketConnector
 from harness.types import ScenarioId, TenantId, UserId, UserKey, Verdict
@@ -124,6 +125,7 @@ class Session:
             policy=s.delivery_policy,
             lifecycle_timeout_s=s.lifecycle_timeout,
             redact=self.redactor.redact,
+            needs_redaction=self.redactor.needs_redaction,
         )
         self._link_latest()
         self.write_summary(Verdict.INTERRUPTED, final=False)
@@ -140,10 +142,11 @@ class Session:
         tls = None
         if base_url.startswith("https"):
             tls = make_ssl_context(ca_bundle=s.ca_bundle, insecure=s.insecure)
+        connector_type = FastConnector if s.transport == "fast" else WebSocketConnector
         self.wiring = Wiring(
             base_url=base_url,
             ws_url=ws_url,
-            connector=lambda: WebSocketConnector(ssl_context=tls),
+            connector=lambda: connector_type(ssl_context=tls),
             http=lambda: AiohttpClient(ssl_context=tls),
             credentials=credentials,
         )

@@ -48,6 +48,7 @@ from harness.types import DeliveryPolicy
 
 CredentialsKind = Literal["jwt", "static", "hook"]
 MemorySource = Literal["auto", "prometheus", "psutil", "json", "none"]
+TransportKind = Literal["websockets", "fast"]
 
 #: Where a value came from when no source set it.
 DEFAULT_SOURCE = "default"
@@ -361,6 +362,12 @@ OPTIONS: tuple[OptionSpec, ...] = (
     ),
     _opt("insecure", "do not verify the target's TLS certificate", _bool, False),
     _opt(
+        "transport",
+        "WebSocket client: websockets (asyncio client) or fast (batched sans-I/O client)",
+        _choice("websockets", "fast"),
+        "websockets",
+    ),
+    _opt(
         "memory_source",
         "where target memory is read: auto, prometheus, psutil, json or none",
         _choice("auto", "prometheus", "psutil", "json", "none"),
@@ -445,6 +452,7 @@ class Settings:
     allowed_targets: tuple[str, ...] = ()
     ca_bundle: Path | None = None
     insecure: bool = False
+    transport: TransportKind = "websockets"
     memory_source: MemorySource = "auto"
     metrics_path: str = "/metrics"
     memory_metric: str = "process_resident_memory_bytes"
