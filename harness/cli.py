@@ -171,6 +171,11 @@ def _run(ns: argparse.Namespace, pytest_args: list[str]) -> int:
     os.environ["ISOHARNESS_COMMAND"] = " ".join(["isoharness", *ns.argv])
     code = int(pytest.main(argv + pytest_args))
     summary = _final_summary(report_dir / "summary.json")
+    if summary is not None:
+        from harness.reporting.terminal import verdict_line
+
+        # The last line of the run, after pytest's own summary.
+        print(verdict_line(report_dir / "summary.json"))
     if summary is not None and summary.get("verdict") == "error":
         reasons = [e for e in summary.get("errors", []) if isinstance(e, dict)]  # type: ignore[attr-defined]
         first = next((e for e in reasons if e.get("kind") == "target_unusable"), None)

@@ -289,5 +289,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     from harness.reporting.terminal import summary_lines
 
-    for line in summary_lines(plugin.summary_path):
+    lines = summary_lines(plugin.summary_path)
+    if "ISOHARNESS_COMMAND" in os.environ:
+        lines = lines[:-1]  # `isoharness run` ends with the verdict line itself, after pytest's
+    for line in lines:
         terminalreporter.write_line(line)

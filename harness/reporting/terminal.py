@@ -16,6 +16,11 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
+def verdict_line(summary_path: Path) -> str:
+    """The one line a run ends with: ``isoharness: <VERDICT> — N violation(s) — report: …``."""
+    return summary_lines(summary_path)[-1]
+
+
 def summary_lines(summary_path: Path, *, max_violations: int = 5) -> list[str]:
     """A few lines: verdict, counts, coverage, violations by kind, errors, report path.
 
