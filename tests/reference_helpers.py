@@ -51,23 +51,6 @@ class User:
         return {"Authorization": f"Bearer {self.token()}"}
 
 
-class ReferenceService(EmbeddedService):
-    """:class:`EmbeddedService` whose ``stop()`` also closes the service's output pipe.
-
-    ``EmbeddedService.stop()`` leaves the pipe to the garbage collector, which
-    pytest (``filterwarnings = error``) reports as an unclosed-file
-    ResourceWarning.
-    """
-
-    def stop(self) -> int | None:
-        """Stop the service and close its output pipe; return its exit code."""
-        proc = self._proc
-        code = super().stop()
-        if proc is not None and proc.stdout is not None:
-            proc.stdout.close()
-        return code
-
-
 class Services:
     """Starts reference services on demand, one per configuration, and stops them all."""
 
@@ -83,7 +66,7 @@ class Services:
         """A running service with these faults and think time (shared by identical asks)."""
         key = (tuple(sorted(faults)), think_ms, tuple(extra_args))
         if key not in self._running:
-            service = ReferenceService(
+            service = EmbeddedService(
                 jwt_secret=SECRET, faults=faults, think_ms=think_ms, extra_args=extra_args
             )
             service.start()

@@ -21,7 +21,6 @@ import psutil
 import pytest
 from reference_helpers import (
     SECRET,
-    ReferenceService,
     Seen,
     Services,
     User,
@@ -44,6 +43,7 @@ from reference_helpers import (
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from harness.embedded import EmbeddedService
 from harness.reference.__main__ import main
 
 ALICE = User("acme", "alice")
@@ -698,7 +698,7 @@ def test_gauges_return_to_idle_and_counters_count(base: str) -> None:
 
 
 def test_sigterm_shuts_down_cleanly_with_connections_and_runs_open() -> None:
-    service = ReferenceService(jwt_secret=SECRET, think_ms=(200, 300))
+    service = EmbeddedService(jwt_secret=SECRET, think_ms=(200, 300))
     base = service.start()
 
     async def scenario() -> None:
