@@ -7,13 +7,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from harness.findings import Finding
+from harness.monitor import MEMORY, SESSIONS
 from harness.oracles.memory_growth import GrowthDecision, decide_memory_growth, memory_samples
 from harness.oracles.resource_leak import decide_resource_leak, gauge_samples
 from harness.probes.sampler import TimelineSample
 from harness.types import ScenarioId, ViolationKind
-
-MEMORY = "memory_bytes"
-SESSIONS = "sessions"
 
 
 def memory_decision(

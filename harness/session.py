@@ -22,7 +22,7 @@ import orjson
 from harness.credentials import Credentials, HookCredentials, JwtCredentials, StaticCredentials
 from harness.embedded import EmbeddedService
 from harness.errors import ConfigError, HarnessError, TargetError
-from harness.monitor import SESSIONS, Monitor, ProbePlan, gauge_idle_values
+from harness.monitor import MEMORY, SESSIONS, Monitor, ProbePlan, gauge_idle_values
 from harness.preflight import preflight
 from harness.resources import decision_json, gauge_findings, memory_decision, memory_finding
 from harness.run import Run, Target
@@ -306,11 +306,7 @@ class Session:
         if self.monitor is not None:
             samples = self.monitor.samples
             now = next(
-                (
-                    x.values.get("memory_bytes")
-                    for x in reversed(samples)
-                    if "memory_bytes" in x.values
-                ),
+                (x.values.get(MEMORY) for x in reversed(samples) if MEMORY in x.values),
                 None,
             )
             if now is not None:
