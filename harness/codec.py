@@ -1,0 +1,69 @@
+"""What a protocol's frames mean to the oracles: the codec half of an adapter.
+
+An adapter (:mod:`harness.adapters`) is a codec plus a way to connect. The
+codec is pure (no I/O): it builds the text of a canary-carrying message and
+classifies every received frame into the frame types of :mod:`harness.aep`
+(:class:`~harness.aep.Event`, :class:`~harness.aep.Pong`,
+:class:`~harness.aep.ErrorFrame`, :class:`~harness.aep.Malformed`), with
+whatever attribution the protocol has. A protocol with no owner tags gives
+events whose ``user_id``/``tenant_id`` are ``None``; the oracles then decide
+on canaries alone. A protocol with no sequence numbers gives ``seq=None``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from harness.aep import Frame
+
+
+@dataclass(frozen=True, slots=True)
+class Lifecycle:
+    """The events one sent message causes, in order.
+
+    Attributes:
+        events: the event types of one run, in the order they must arrive.
+        repeatable: those a run may send more than once.
+        terminal: the event that ends a run (the last of ``events``).
+    """
+
+    events: tuple[str, ...]
+    repeatable: frozenset[str] = frozenset()
+    phase: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.events:
+            raise ValueError("a lifecycle needs at least one event type")
+        object.__setattr__(self, "phase", {name: i for i, name in enumerate(self.events)})
+
+    @property
+    def terminal(self) -> str:
+        return self.events[-1]
+
+    @property
+    def singular(self) -> tuple[str, ...]:
+        """Event types a run sends exactly once."""
+        return tuple(name for name in self.events if name not in self.repeatable)
+
+
+class Codec(Protocol):
+    """Encodes what users send and decodes what they receive. Never raises.
+
+    Attributes:
+        name: the protocol's short name (``aep``, ``json``, ``nats``), shown in reports.
+        lifecycle: the events of one run.
+        owner_tags: whether decoded events carry ``user_id``/``tenant_id``.
+    """
+
+    name: str
+    lifecycle: Lifecycle
+    owner_tags: bool
+
+    def encode_message(self, *, message_id: str, thread_id: str, content: str) -> str:
+        """The text of one user message; ``message_id`` and ``content`` carry the canary."""
+        ...
+
+    def decode(self, raw: str, *, binary: bool = False) -> Frame:
+        """Classify one received frame; anything unexpected is ``Malformed`` with a reason."""
+        ...
