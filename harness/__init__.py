@@ -11,8 +11,11 @@ import importlib
 from typing import Any
 
 _EXPORTS: dict[str, str] = {
+    "Adapter": "harness.adapters",
+    "AdapterContext": "harness.adapters",
     "AuthRefused": "harness.errors",
     "CanaryBook": "harness.canary",
+    "Codec": "harness.codec",
     "ConfigError": "harness.errors",
     "DeliveryPolicy": "harness.types",
     "EmbeddedService": "harness.embedded",
@@ -24,6 +27,8 @@ _EXPORTS: dict[str, str] = {
     "Inconclusive": "harness.scenario",
     "IsolationViolation": "harness.errors",
     "JwtCredentials": "harness.credentials",
+    "Lifecycle": "harness.codec",
+    "NotApplicable": "harness.scenario",
     "ProtocolMismatch": "harness.errors",
     "Run": "harness.run",
     "Scenario": "harness.scenario",

@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from harness.codec import Lifecycle
+
 LIFECYCLE: tuple[str, ...] = (
     "agent_started",
     "agent_thinking",
@@ -42,15 +44,22 @@ def user_message(*, message_id: str, thread_id: str, content: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """A lifecycle event, every field present and of the right JSON type."""
+    """A lifecycle event, every field present and of the right JSON type.
+
+    AEP/1 frames always carry every field. Other protocols' codecs
+    (:mod:`harness.codec`) use the same record with what their protocol has:
+    ``user_id``/``tenant_id`` ``None`` when events carry no owner tags (the
+    oracles then decide on canaries alone), ``seq`` ``None`` when events are
+    not numbered (order and duplicates are then judged by type alone).
+    """
 
     type: str
-    user_id: str
-    tenant_id: str
+    user_id: str | None
+    tenant_id: str | None
     thread_id: str
     message_id: str
     run_id: str
-    seq: int
+    seq: int | None
     data: dict[str, Any] = field(default_factory=dict)
 
 
@@ -98,6 +107,35 @@ def parse_frame(raw: str | bytes, *, binary: bool = False) -> Frame:
     obj, reason = decode_json(raw)
     if reason is not None:
         return Malformed(reason)
+    if type(obj) is dict:
+        # The common frame, a well-formed event, checked in one pass (orjson
+        # gives exact types); anything else is classified by parse_object.
+        try:
+            kind, user, tenant, thread, message, run, seq, data = (
+                obj["type"],
+                obj["user_id"],
+                obj["tenant_id"],
+                obj["thread_id"],
+                obj["message_id"],
+                obj["run_id"],
+                obj["seq"],
+                obj["data"],
+            )
+        except KeyError:
+            pass
+        else:
+            if (
+                type(kind) is str
+                and kind in PHASE
+                and type(user) is str
+                and type(tenant) is str
+                and type(thread) is str
+                and type(message) is str
+                and type(run) is str
+                and type(seq) is int
+                and type(data) is dict
+            ):
+                return Event(kind, user, tenant, thread, message, run, seq, data)
     return parse_object(obj)
 
 
@@ -138,3 +176,23 @@ def parse_object(obj: Any) -> Frame:
         seq=seq,
         data=obj["data"],
     )
+
+
+AEP_LIFECYCLE = Lifecycle(LIFECYCLE, REPEATABLE)
+"""AEP/1 §3 as a :class:`~harness.codec.Lifecycle`."""
+
+
+@dataclass(frozen=True, slots=True)
+class AepCodec:
+    """AEP/1 as a :class:`~harness.codec.Codec`: owner tags and ``seq`` on every event."""
+
+    name: str = "aep"
+    lifecycle: Lifecycle = AEP_LIFECYCLE
+    owner_tags: bool = True
+    # The functions themselves, not wrappers: decode runs once per received frame.
+    encode_message = staticmethod(user_message)
+    decode = staticmethod(parse_frame)
+
+
+AEP_CODEC = AepCodec()
+"""The codec of the default adapter (:mod:`harness.adapters.aep`)."""

@@ -13,9 +13,11 @@ on canaries alone. A protocol with no sequence numbers gives ``seq=None``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from harness.aep import Frame
+if TYPE_CHECKING:
+    # Only for annotations: harness.aep builds its codec from Lifecycle.
+    from harness.aep import Frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,15 +52,20 @@ class Lifecycle:
 class Codec(Protocol):
     """Encodes what users send and decodes what they receive. Never raises.
 
-    Attributes:
+    Attributes (read-only: plain attributes, dataclass fields and properties all do):
         name: the protocol's short name (``aep``, ``json``, ``nats``), shown in reports.
         lifecycle: the events of one run.
         owner_tags: whether decoded events carry ``user_id``/``tenant_id``.
     """
 
-    name: str
-    lifecycle: Lifecycle
-    owner_tags: bool
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def lifecycle(self) -> Lifecycle: ...
+
+    @property
+    def owner_tags(self) -> bool: ...
 
     def encode_message(self, *, message_id: str, thread_id: str, content: str) -> str:
         """The text of one user message; ``message_id`` and ``content`` carry the canary."""

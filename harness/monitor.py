@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.probes.json_endpoint import read_json_number
+from harness.probes.json_endpoint import read_json_numbers
 from harness.probes.metrics import scrape_prometheus
 from harness.probes.process import ProcessProbe
 from harness.probes.sampler import TIMELINE_NAME, Sampler, Source, TimelineSample
@@ -43,6 +43,8 @@ class ProbePlan:
     gauges: tuple[str, ...] = ()
     json_url: str | None = None
     json_path: str | None = None
+    #: ``(name, dotted path)`` gauges read from ``json_url`` with the memory.
+    json_gauges: tuple[tuple[str, str], ...] = ()
 
 
 class Monitor:
@@ -131,10 +133,11 @@ class Monitor:
 
             sources.append(("metrics", metrics))
         if plan.source == "json" and plan.json_url and plan.json_path:
-            json_url, json_path = plan.json_url, plan.json_path
+            json_url = plan.json_url
+            paths = {MEMORY: plan.json_path, **dict(plan.json_gauges)}
 
             async def json_memory() -> dict[str, float]:
-                return {MEMORY: await read_json_number(self._fetch, json_url, json_path)}
+                return await read_json_numbers(self._fetch, json_url, paths)
 
             sources.append(("json", json_memory))
         return sources

@@ -1,60 +1,88 @@
 """Is the target usable at all? Checked once, before any scenario (exit code 3 if not).
 
-Distinguishes "the target is down, refuses us, or does not speak AEP/1" from
-isolation findings: a run against an unusable target is an ``error``, never a
-``pass`` and never a ``fail``.
+Distinguishes "the target is down, refuses us, or does not speak its protocol"
+from isolation findings: a run against an unusable target is an ``error``,
+never a ``pass`` and never a ``fail``.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from harness.aep import PING, Event, Pong, parse_frame, user_message
-from harness.errors import ProtocolMismatch, TargetError
-from harness.transport.base import ChannelClosed, Connector, HttpClient
+from harness.adapters import Adapter
+from harness.aep import PING, Event, Pong
+from harness.errors import ProtocolMismatch, TargetError, TargetUnreachable
+from harness.transport.base import ChannelClosed, HttpClient
+from harness.users import SimUser
+
+MESSAGE_ID = "preflight-1"
 
 
 async def preflight(
     *,
+    adapter: Adapter,
+    user: SimUser,
+    http: HttpClient,
     base_url: str,
     ws_url: str,
-    connector: Connector,
-    http: HttpClient,
-    token: str,
-    token_in_query: bool = False,
     timeout_s: float = 20.0,
 ) -> None:
-    """Check ``/healthz``, the WebSocket handshake, ``ping`` and one run's start.
+    """Check that ``user`` can connect and that one message starts a run.
+
+    With ``"http_state"`` (AEP/1) ``/healthz`` must answer 200 first; with
+    ``"ping"`` a ``ping`` must get its ``pong`` before the message is sent.
+    Any adapter: the connection must open and the message must get a first
+    event of its run within ``timeout_s``.
 
     Raises:
-        TargetUnreachable: nothing answers at ``base_url``.
-        AuthRefused: the handshake refused the harness's token.
-        ProtocolMismatch: something answered, but not as AEP/1 says.
+        TargetUnreachable: nothing answers at the target.
+        AuthRefused: the target refused the user's credentials.
+        ProtocolMismatch: something answered, but not as the protocol says.
     """
-    resp = await http.request("GET", base_url + "/healthz", timeout_s=timeout_s)
-    if resp.status != 200:
-        raise ProtocolMismatch(base_url, f"GET /healthz answered {resp.status}, expected 200 ok")
-    channel = await connector.connect(ws_url, token=token, token_in_query=token_in_query)
+    capabilities = adapter.capabilities
+    if "http_state" in capabilities:
+        resp = await http.request("GET", base_url + "/healthz", timeout_s=timeout_s)
+        if resp.status != 200:
+            raise ProtocolMismatch(
+                base_url, f"GET /healthz answered {resp.status}, expected 200 ok"
+            )
+    codec = adapter.codec
     try:
         async with asyncio.timeout(timeout_s):
-            await channel.send(PING)
-            while True:
-                text, binary = await channel.recv()
-                if isinstance(parse_frame(text, binary=binary), Pong):
-                    break
+            channel = await adapter.open(user)
+    except TimeoutError:
+        raise TargetUnreachable(ws_url, f"no connection within {timeout_s:g}s") from None
+    pings = "ping" in capabilities
+    try:
+        async with asyncio.timeout(timeout_s):
+            if pings:
+                await channel.send(PING)
+                while True:
+                    text, binary = await channel.recv()
+                    if isinstance(codec.decode(text, binary=binary), Pong):
+                        break
             await channel.send(
-                user_message(message_id="preflight-1", thread_id="preflight", content="preflight")
+                codec.encode_message(
+                    message_id=MESSAGE_ID, thread_id="preflight", content="preflight"
+                )
             )
             while True:
                 text, binary = await channel.recv()
-                frame = parse_frame(text, binary=binary)
-                if isinstance(frame, Event) and frame.message_id == "preflight-1":
+                frame = codec.decode(text, binary=binary)
+                if isinstance(frame, Event) and frame.message_id == MESSAGE_ID:
                     break
     except TimeoutError:
+        if pings:
+            what = f"no pong or {codec.lifecycle.events[0]} within {timeout_s:g}s"
+            raise ProtocolMismatch(ws_url, f"{what} of a ping and a user_message") from None
         raise ProtocolMismatch(
-            ws_url, f"no pong or agent_started within {timeout_s:g}s of a ping and a user_message"
+            ws_url,
+            f"no {codec.lifecycle.events[0]} event within {timeout_s:g}s of a message "
+            f"(does the target speak what the {adapter.name} adapter expects?)",
         ) from None
     except ChannelClosed as exc:
-        raise TargetError(ws_url, f"the WebSocket was closed during the preflight ({exc})") from exc
+        raise TargetError(
+            ws_url, f"the connection was closed during the preflight ({exc})"
+        ) from exc
     finally:
         await channel.close()

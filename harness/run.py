@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.aep import ErrorFrame, Event, Malformed
+from harness.aep import AEP_CODEC, ErrorFrame, Event, Malformed
 from harness.canary import CanaryBook
+from harness.codec import Codec
 from harness.coverage import CONDITIONS, missing
 from harness.findings import Finding
 from harness.oracles.cross_delivery import CrossDeliveryOracle
@@ -32,6 +33,7 @@ from harness.recording import (
     HttpExchange,
     Opened,
     Received,
+    ReceivedBatch,
     Record,
     Sent,
 )
@@ -68,9 +70,15 @@ class Target:
     embedded: bool = False
     faults: tuple[str, ...] = ()
     pid: int | None = None
+    adapter: str = "aep"
 
     def to_json(self) -> dict[str, Any]:
-        return {"url": self.base_url, "ws_url": self.ws_url, "embedded": self.embedded}
+        return {
+            "url": self.base_url,
+            "ws_url": self.ws_url,
+            "embedded": self.embedded,
+            "adapter": self.adapter,
+        }
 
 
 @dataclass(slots=True)
@@ -87,6 +95,8 @@ class ScenarioResult:
 
     @property
     def missing(self) -> list[str]:
+        if self.outcome == "skipped":
+            return []  # not applicable to the target's protocol: nothing was required
         return missing(self.declared, self.coverage)
 
     def to_json(self) -> dict[str, Any]:
@@ -116,6 +126,8 @@ class Run:
         needs_redaction: a cheap necessary condition for ``redact`` to change
             a line (see :class:`~harness.recording.EventLog`); ``None``: every
             line is redacted.
+        codec: the target's protocol: its lifecycle and whether its events
+            carry owner tags decide how runs and deliveries are judged.
     """
 
     def __init__(
@@ -130,6 +142,7 @@ class Run:
         lifecycle_timeout_s: float = 20.0,
         redact: Callable[[str], str] | None = None,
         needs_redaction: Callable[[str], bool] | None = None,
+        codec: Codec = AEP_CODEC,
     ) -> None:
         self.target = target
         self.report_dir = report_dir
@@ -145,8 +158,12 @@ class Run:
         self.log = EventLog(
             report_dir / "events.jsonl", redact=redact, needs_redaction=needs_redaction
         )
-        self._cross = CrossDeliveryOracle(self.canaries, policy=policy, seed=seed)
-        self._lifecycle = LifecycleOracle(timeout_s=lifecycle_timeout_s, seed=seed)
+        self._cross = CrossDeliveryOracle(
+            self.canaries, policy=policy, seed=seed, owner_tags=codec.owner_tags
+        )
+        self._lifecycle = LifecycleOracle(
+            timeout_s=lifecycle_timeout_s, seed=seed, lifecycle=codec.lifecycle
+        )
         self.findings: list[Finding] = []
         self.finding_counts: Counter[str] = Counter()
         self.scenarios: dict[ScenarioId, ScenarioResult] = {}
@@ -157,6 +174,23 @@ class Run:
         self._records_since_sweep = 0
         self._last_sweep = 0.0
         self._connections = 0
+
+    def use_codec(self, codec: Codec) -> None:
+        """Judge by ``codec`` from now on (before any message is sent).
+
+        For a session that opens its run before it knows the target's protocol.
+
+        Raises:
+            RuntimeError: messages were already sent under another codec.
+        """
+        if self.counts["messages_sent"]:
+            raise RuntimeError("use_codec() after messages were sent")
+        self._cross = CrossDeliveryOracle(
+            self.canaries, policy=self.policy, seed=self.seed, owner_tags=codec.owner_tags
+        )
+        self._lifecycle = LifecycleOracle(
+            timeout_s=self.lifecycle_timeout_s, seed=self.seed, lifecycle=codec.lifecycle
+        )
 
     def next_connection_id(self) -> ConnectionId:
         """A connection id unique within the run (``c1``, ``c2`` …)."""
@@ -187,6 +221,36 @@ class Run:
             self._observe(rec)
         except Exception as exc:  # noqa: BLE001 - reported, never swallowed
             self.error("harness_error", f"an oracle failed: {exc!r}", traceback.format_exc())
+
+    def record_batch(self, batch: ReceivedBatch) -> None:
+        """:meth:`record` every frame of ``batch``: one write, one pass of each oracle."""
+        self.log.write_batch(batch)
+        try:
+            self._observe_batch(batch)
+        except Exception as exc:  # noqa: BLE001 - reported, never swallowed
+            self.error("harness_error", f"an oracle failed: {exc!r}", traceback.format_exc())
+
+    def _observe_batch(self, batch: ReceivedBatch) -> None:
+        count = len(batch.frames)
+        self.counts["events_received"] += count
+        found = self._cross.check_batch(batch)
+        if found:
+            self.add_findings(found)
+        found = self._lifecycle.on_batch(batch)
+        if found:
+            self.add_findings(found)
+        for index, frame in enumerate(batch.frames):
+            if type(frame) is Event:
+                pass
+            elif isinstance(frame, Malformed):
+                self.error("protocol_error", frame.reason, clip(batch.received[index][0], 512))
+            elif isinstance(frame, ErrorFrame):
+                self.error("target_rejected_frame", f"{frame.code}: {frame.message}"[:200])
+        self._records_since_sweep += count
+        if self._records_since_sweep >= SWEEP_EVERY:
+            self._records_since_sweep = 0
+            if self.clock.mono() - self._last_sweep >= SWEEP_INTERVAL_S:
+                self.sweep()
 
     def _observe(self, rec: Record) -> None:
         if isinstance(rec, Received):
@@ -329,7 +393,8 @@ class Run:
             or any(r.outcome == "error" for r in self.scenarios.values())
         ):
             return Verdict.ERROR
-        if not self.scenarios or any(r.missing for r in self.scenarios.values()):
+        applied = [r for r in self.scenarios.values() if r.outcome != "skipped"]
+        if not applied or any(r.missing for r in applied):
             return Verdict.INCONCLUSIVE
         return Verdict.PASS
 
@@ -362,6 +427,7 @@ class Run:
                 "connections_cut_by_injected_faults": self.counts[
                     "connections_cut_by_injected_faults"
                 ],
+                "connects_cut_by_injected_faults": self.counts["connects_cut_by_injected_faults"],
             },
             "coverage": {name: coverage[name] for name in CONDITIONS},
             "probes": dict(self.probe_outcomes),

@@ -5,7 +5,10 @@ something together (:meth:`Scenario.chat`, :meth:`Scenario.disconnect_and_reconn
 …) and ends with :meth:`Scenario.verify`, which raises
 :class:`~harness.errors.IsolationViolation` listing every violation the
 oracles saw, or :class:`Inconclusive` when the scenario did not create the
-conditions it declared. Each call runs its own event loop, bounded in time.
+conditions it declared. A step the target's protocol cannot do (reading state
+through AEP/1's HTTP API, with an adapter that has no ``"http_state"``) raises
+:class:`NotApplicable`: the scenario is skipped, not failed and not
+inconclusive. Each call runs its own event loop, bounded in time.
 """
 
 from __future__ import annotations
@@ -13,20 +16,31 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from harness import workloads
+from harness.adapters import Adapter, AdapterContext, AdapterFactory
 from harness.coverage import CONDITIONS, DESCRIPTIONS
 from harness.credentials import Credentials
+from harness.distributed import Shard
 from harness.errors import HarnessError, IsolationViolation, UsageError
 from harness.run import Run
-from harness.transport.base import Connector, HttpClient
+from harness.transport.base import HttpClient
 from harness.types import ScenarioId
 from harness.users import SimUser, plan_users, scenario_tag
 from harness.workloads import Env
 
 T = TypeVar("T")
+CHURN_CONDITIONS = ("disconnects_mid_run", "overlapping_runs")
+"""What session churn creates only while runs are in flight (waived for one-event runs)."""
+STATE_CONDITIONS = (
+    "same_path_concurrent_reads",
+    "cross_user_probes",
+    "requests_cancelled_mid_flight",
+)
+"""Conditions only the HTTP state API creates (adapters with ``"http_state"``)."""
 ThreadIds = Literal["private", "shared"] | str
 
 
@@ -41,6 +55,30 @@ class Inconclusive(HarnessError):
     def __str__(self) -> str:
         what = "; ".join(f"{name} ({DESCRIPTIONS[name]})" for name in self.missing)
         return f"inconclusive: the scenario created no {what}"
+
+
+class NotApplicable(HarnessError):
+    """The scenario needs a capability the target's adapter lacks: it is skipped.
+
+    Attributes:
+        scenario: the scenario id.
+        adapter: the adapter's name.
+        capability: what is missing (one of :data:`~harness.adapters.CAPABILITIES`).
+        step: the scenario step that needs it (``write_state`` …).
+    """
+
+    def __init__(self, scenario: str, adapter: str, capability: str, step: str) -> None:
+        self.scenario = scenario
+        self.adapter = adapter
+        self.capability = capability
+        self.step = step
+        super().__init__(scenario, adapter, capability, step)
+
+    def __str__(self) -> str:
+        return (
+            f"not applicable: {self.step} needs the {self.capability!r} capability, "
+            f"which the {self.adapter} adapter does not have"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,14 +111,39 @@ class Observer(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Wiring:
-    """How to reach the target; factories are called inside each event loop."""
+    """How to reach the target; factories are called inside each event loop.
 
-    base_url: str
-    ws_url: str
-    connector: Callable[[], Connector]
+    Attributes:
+        context: the target's URLs and the settings the adapter is built from.
+        adapter: builds the adapter (once per event loop, see
+            :class:`~harness.adapters.Adapter`).
+        http: builds the HTTP client of the state API.
+        credentials: the users' tokens.
+    """
+
+    context: AdapterContext
+    adapter: AdapterFactory
     http: Callable[[], HttpClient]
     credentials: Credentials
-    token_in_query: bool = False
+
+    @property
+    def base_url(self) -> str:
+        return self.context.base_url
+
+    @property
+    def ws_url(self) -> str:
+        return self.context.ws_url
+
+    def new_adapter(self, *, netloc: str | None = None) -> Adapter:
+        """A fresh adapter; with ``netloc`` (``host:port``), one that connects there instead."""
+        context = self.context
+        if netloc is not None:
+            context = replace(
+                context,
+                base_url=_with_netloc(context.base_url, netloc),
+                ws_url=_with_netloc(context.ws_url, netloc),
+            )
+        return self.adapter(context)
 
 
 class Scenario:
@@ -102,17 +165,65 @@ class Scenario:
         wiring: Wiring,
         observer: Observer | None = None,
         progress_interval_s: float = 10.0,
+        shard: Shard | None = None,
     ) -> None:
         self.run = run
+        self._shard = shard or Shard()
         self._observer = observer
         self._progress_every = progress_interval_s
         self.id = ScenarioId(scenario_id)
         self.sizes = sizes
         self._wiring = wiring
+        self._adapter: Adapter | None = None
         self._started = time.monotonic()
         self.result = run.scenario(self.id)
 
+    @property
+    def adapter(self) -> Adapter:
+        """The target's adapter, for its name, codec and capabilities (never opened)."""
+        if self._adapter is None:
+            self._adapter = self._wiring.new_adapter()
+        return self._adapter
+
+    def _require(self, capability: str, step: str) -> None:
+        """Raise :class:`NotApplicable` unless the adapter has ``capability``.
+
+        Violations already found win: a scenario that saw a leak before it
+        reached a step it cannot do has failed, whatever comes after.
+        """
+        if capability in self.adapter.capabilities:
+            return
+        __tracebackhide__ = True
+        self.run.sweep()
+        findings = self.run.findings_of(self.id)
+        if findings:
+            raise IsolationViolation(findings)
+        raise NotApplicable(self.id, self.adapter.name, capability, step)
+
     # -- declaring -----------------------------------------------------------------------------
+
+    def _waive(self, names: Sequence[str], why: str) -> None:
+        """Stop requiring ``names``: this target's protocol cannot create them (``why``)."""
+        waived = [name for name in self.result.declared if name in names]
+        if not waived:
+            return
+        self.result.declared = tuple(n for n in self.result.declared if n not in waived)
+        note = f"not required: {', '.join(waived)} ({why})"
+        if note not in self.result.notes:
+            self.result.notes.append(note)
+
+    def _lacks(self, capability: str) -> str:
+        return f"the {self.adapter.name} adapter has no {capability!r}"
+
+    def _waive_for_instant_runs(self, names: Sequence[str]) -> None:
+        """A one-event run ends as it starts: nothing is in flight to cut or to overlap.
+
+        Session churn sends a message or three per session; with one-event runs
+        (NATS) those runs last a round trip, so the conditions that need a run
+        in flight can only happen by chance and are not required.
+        """
+        if len(self.adapter.codec.lifecycle.events) == 1:
+            self._waive(names, f"a {self.adapter.name} run is one event long")
 
     def conditions(self, *names: str) -> None:
         """Declare the conditions this scenario must create to prove anything."""
@@ -145,6 +256,8 @@ class Scenario:
             keys = plan_users(
                 count=count, tenants=tenants, run_tag=self.run.tag, namespace=scenario_tag(self.id)
             )
+        # A distributed run: this worker drives its share; the others drive the rest.
+        keys = self._shard.select(keys)
         return self._loop(lambda env: workloads.make_users(env, keys))
 
     # -- doing ---------------------------------------------------------------------------------
@@ -175,6 +288,7 @@ class Scenario:
         self, users: Sequence[SimUser], *, rounds: int = 2, thread_ids: ThreadIds = "shared"
     ) -> None:
         """Users drop connections while their runs are in flight, then reconnect."""
+        self._waive_for_instant_runs(("disconnects_mid_run",))
         self._loop(
             lambda env: workloads.disconnect_and_reconnect(
                 env, users, rounds=rounds, thread_of=_threads(thread_ids)
@@ -191,6 +305,7 @@ class Scenario:
         thread_ids: ThreadIds = "shared",
     ) -> int:
         """Sessions come and go at ``rate`` per second for ``duration_s``; returns how many."""
+        self._waive_for_instant_runs(CHURN_CONDITIONS)
         duration = self.sizes.duration_s if duration_s is None else duration_s
         per_s = self.sizes.rate if rate is None else rate
         return self._loop(
@@ -207,10 +322,12 @@ class Scenario:
 
     def write_state(self, users: Sequence[SimUser], key: str) -> None:
         """Every user stores its canary under the same state ``key``."""
+        self._require(workloads.HTTP_STATE, "write_state")
         self._loop(lambda env: workloads.write_state(env, users, key))
 
     def read_state_together(self, users: Sequence[SimUser], key: str, *, bursts: int = 4) -> None:
         """All users read state ``key`` at the same moment, ``bursts`` times."""
+        self._require(workloads.HTTP_STATE, "read_state_together")
         path = workloads.state_path(key)
         self._loop(lambda env: workloads.concurrent_reads(env, users, path, bursts=bursts))
 
@@ -218,22 +335,32 @@ class Scenario:
         self, users: Sequence[SimUser], thread_id: str, *, bursts: int = 4
     ) -> None:
         """All users read thread ``thread_id`` at the same moment, ``bursts`` times."""
+        self._require(workloads.HTTP_STATE, "read_threads_together")
         path = workloads.thread_path(thread_id)
         self._loop(lambda env: workloads.concurrent_reads(env, users, path, bursts=bursts))
 
     def abort_requests(self, users: Sequence[SimUser], key: str, *, rounds: int = 4) -> None:
         """Half the users give up on reads of ``key`` mid-request while the rest read it."""
+        self._require(workloads.HTTP_STATE, "abort_requests")
         path = workloads.state_path(key)
         self._loop(lambda env: workloads.aborted_requests(env, users, path, rounds=rounds))
 
     def probe_other_users(self, users: Sequence[SimUser], *, per_user: int = 2) -> None:
         """Each user tries other users' private state keys and threads with its own token."""
+        self._require(workloads.HTTP_STATE, "probe_other_users")
         self._loop(lambda env: workloads.cross_user_probes(env, users, per_user=per_user))
 
     def mixed_load(
         self, users: Sequence[SimUser], *, duration_s: float | None = None, key: str = "profile"
     ) -> None:
-        """Churn, simultaneous same-path reads and cross-user probes together for ``duration_s``."""
+        """Churn, simultaneous same-path reads and cross-user probes together for ``duration_s``.
+
+        Without the adapter's ``"http_state"`` it is the churn alone, and the
+        conditions only the state API creates are not required of the scenario.
+        """
+        self._waive_for_instant_runs(CHURN_CONDITIONS)
+        if workloads.HTTP_STATE not in self.adapter.capabilities:
+            self._waive(STATE_CONDITIONS, self._lacks(workloads.HTTP_STATE))
         duration = self.sizes.duration_s if duration_s is None else duration_s
         rate = self.sizes.rate
         self._loop(
@@ -252,6 +379,7 @@ class Scenario:
 
         Returns how many times the proxy cut live connections.
         """
+        self._waive_for_instant_runs(CHURN_CONDITIONS)
         duration = min(self.sizes.duration_s, 4.0) if duration_s is None else duration_s
         rate = self.sizes.rate
         return self._loop(
@@ -316,6 +444,7 @@ class Scenario:
 
     def list_threads(self, users: Sequence[SimUser]) -> None:
         """Every user lists its threads."""
+        self._require(workloads.HTTP_STATE, "list_threads")
         self._loop(lambda env: workloads.list_threads(env, users))
 
     # -- judging -------------------------------------------------------------------------------
@@ -344,22 +473,31 @@ class Scenario:
 
     async def _with_env(self, work: Callable[[Env], Coroutine[Any, Any, T]], limit: float) -> T:
         w = self._wiring
+        adapter = w.new_adapter()
         http = w.http()
         env = Env(
             run=self.run,
             scenario=self.id,
-            connector=w.connector(),
+            adapter=adapter,
             http=http,
             credentials=w.credentials,
             base_url=w.base_url,
             ws_url=w.ws_url,
-            token_in_query=w.token_in_query,
+            reroute=lambda netloc: w.new_adapter(netloc=netloc),
         )
         try:
             async with asyncio.timeout(limit):
                 return await work(env)
         finally:
-            await http.aclose()
+            try:
+                await adapter.aclose()
+            finally:
+                await http.aclose()
+
+
+def _with_netloc(url: str, netloc: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def _threads(thread_ids: ThreadIds) -> Callable[[SimUser, int], str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import secrets
 import time
 from collections.abc import Callable
@@ -19,7 +20,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
+from harness.adapters import JsonMemoryProbe
+from harness.adapters.registry import adapter_context, adapter_factory, build_adapter
 from harness.credentials import Credentials, HookCredentials, JwtCredentials, StaticCredentials
+from harness.distributed import Shard, Workers
 from harness.embedded import EmbeddedService
 from harness.errors import ConfigError, HarnessError, TargetError
 from harness.monitor import MEMORY, SESSIONS, Monitor, ProbePlan, gauge_idle_values
@@ -30,10 +34,9 @@ from harness.safety import Redactor, check_target_allowed
 from harness.scenario import Scenario, Sizes, Wiring
 from harness.settings import Settings
 from harness.transport.base import make_ssl_context
-from harness.transport.fast import FastConnector
 from harness.transport.http import AiohttpClient
-from harness.transport.websocket import WebSocketConnector
 from harness.types import ScenarioId, TenantId, UserId, UserKey, Verdict
+from harness.users import SimUser, make_identity
 
 RUN_END = ScenarioId("isoharness::end_of_run")
 """The scenario id of findings judged after every scenario (gauges, memory)."""
@@ -97,7 +100,19 @@ class Session:
             rate=settings.rate,
         )
         self.target_unusable = False
+        #: The secret canaries derive from; a distributed run's workers share the controller's.
+        self.run_key = secrets.token_bytes(32)
+        #: Which of a scenario's users this process drives (a pytest-xdist worker: its share).
+        self.shard = Shard()
+        #: A worker of a distributed run: the controller links ``reports/latest``.
+        self.worker = False
+        #: The controller of a distributed run: its workers' summaries, merged into its own.
+        self.workers: Workers | None = None
         self.extra: dict[str, Any] = {}
+        #: The target's own memory figure, when its adapter knows one (NATS ``/varz``).
+        self.memory_probe: JsonMemoryProbe | None = None
+        #: The gauges judged for ``resource_leak`` (AEP/1's, unless the adapter is another's).
+        self.gauges: tuple[str, ...] = settings.gauges
 
     def start(self) -> Run:
         """Open the run, start the embedded service if no target is set, check the target.
@@ -116,18 +131,20 @@ class Session:
             check_target_allowed(s.target_url, s.allowed_targets, source=s.source_of("target_url"))
         # The embedded service verifies JWTs minted with its own secret (below).
         credentials = self._credentials(secret) if s.target_url is not None else None
+        factory = adapter_factory(s)
         self.run = Run(
             target=Target(base_url=s.target_url or "embedded", ws_url=""),
             report_dir=self.report_dir,
             seed=self.seed,
-            run_key=secrets.token_bytes(32),
+            run_key=self.run_key,
             run_id=self.run_id,
             policy=s.delivery_policy,
             lifecycle_timeout_s=s.lifecycle_timeout,
             redact=self.redactor.redact,
             needs_redaction=self.redactor.needs_redaction,
         )
-        self._link_latest()
+        if not self.worker:
+            self._link_latest()
         self.write_summary(Verdict.INTERRUPTED, final=False)
         if s.target_url is None:
             secret = secret or secrets.token_urlsafe(32)
@@ -142,11 +159,15 @@ class Session:
         tls = None
         if base_url.startswith("https"):
             tls = make_ssl_context(ca_bundle=s.ca_bundle, insecure=s.insecure)
-        connector_type = FastConnector if s.transport == "fast" else WebSocketConnector
+        context = adapter_context(s, base_url=base_url, ws_url=ws_url, ssl_context=tls)
+        adapter = build_adapter(factory, context, name=s.adapter)
+        self.run.use_codec(adapter.codec)
+        self.memory_probe = adapter.memory_probe()
+        if "http_state" not in adapter.capabilities and s.source_of("gauges") == "default":
+            self.gauges = ()  # the default gauges are AEP/1's (§5)
         self.wiring = Wiring(
-            base_url=base_url,
-            ws_url=ws_url,
-            connector=lambda: connector_type(ssl_context=tls),
+            context=context,
+            adapter=factory,
             http=lambda: AiohttpClient(ssl_context=tls),
             credentials=credentials,
         )
@@ -155,7 +176,12 @@ class Session:
             ws_url=ws_url,
             embedded=self.embedded is not None,
             pid=self.embedded.pid if self.embedded else None,
+            adapter=adapter.name,
         )
+        if self.worker:
+            # The controller checked the target before any worker started and samples
+            # it; a check from here would run while other workers' scenarios do.
+            return self.run
         try:
             asyncio.run(self._preflight(credentials))
         except TargetError:
@@ -169,17 +195,29 @@ class Session:
         s, run = self.settings, self.run
         assert run is not None
         source = s.memory_source
-        if source == "auto":
+        json_url, json_path = s.json_probe_url, s.json_probe_path
+        json_gauges: tuple[tuple[str, str], ...] = ()
+        if source == "auto" and self.embedded is None and self.memory_probe is not None:
+            source, json_url, json_path = "json", self.memory_probe.url, self.memory_probe.path
+            json_gauges = self.memory_probe.gauges
+        elif source == "auto":
             source = "psutil" if self.embedded is not None else "prometheus"
+        gauges: tuple[str, ...] = ()
+        if source != "none" and (self.gauges or source == "prometheus"):
+            gauges = tuple(dict.fromkeys((*self.gauges, s.sessions_metric)))
         plan = ProbePlan(
             source=source,
             pid=self.embedded.pid if self.embedded is not None else None,
             metrics_url=None if source == "none" else base_url + s.metrics_path,
             memory_metric=s.memory_metric,
-            gauges=tuple(dict.fromkeys((*s.gauges, s.sessions_metric))) if source != "none" else (),
-            json_url=s.json_probe_url,
-            json_path=s.json_probe_path,
+            gauges=gauges,
+            json_url=json_url,
+            json_path=json_path,
+            json_gauges=json_gauges,
         )
+        if json_gauges and s.source_of("gauges") == "default":
+            # The adapter's own gauges (NATS /varz connections), judged for resource_leak.
+            self.gauges = tuple(name for name, _ in json_gauges)
         self.monitor = Monitor(
             plan,
             report_dir=self.report_dir,
@@ -204,8 +242,8 @@ class Session:
             return
         self.resources_judged = True
         quiet = run.clock.mono()
-        idle_values = gauge_idle_values(monitor.samples, s.gauges)
-        for gauge in s.gauges:
+        idle_values = gauge_idle_values(monitor.samples, self.gauges)
+        for gauge in self.gauges:
             if gauge not in idle_values and monitor.plan.source != "none":
                 run.error("gauge_unreadable", f"{gauge}: no reading; resource_leak not judged")
         deadline = quiet + s.gauge_grace
@@ -266,18 +304,28 @@ class Session:
         probe_user = fixed[0] if fixed else UserKey(TenantId(f"{self.run.tag}-pre"), UserId("pre"))
         token = await credentials.token_for(probe_user)
         self.redactor.add(token)
+        user = SimUser(
+            make_identity(probe_user, seed=self.seed),
+            token=token,
+            canary="preflight",  # sends no canary: nothing of it may leak
+            rng=random.Random(self.seed),
+        )
+        adapter = self.wiring.new_adapter()
         http = self.wiring.http()
         try:
             await preflight(
+                adapter=adapter,
+                user=user,
+                http=http,
                 base_url=self.wiring.base_url,
                 ws_url=self.wiring.ws_url,
-                connector=self.wiring.connector(),
-                http=http,
-                token=token,
                 timeout_s=self.settings.lifecycle_timeout,
             )
         finally:
-            await http.aclose()
+            try:
+                await adapter.aclose()
+            finally:
+                await http.aclose()
 
     def scenario(self, nodeid: str) -> Scenario:
         """The ``harness`` object for one scenario instance."""
@@ -290,6 +338,7 @@ class Session:
             wiring=self.wiring,
             observer=self,
             progress_interval_s=self.settings.progress_interval,
+            shard=self.shard,
         )
 
     # -- Observer: what long scenarios report to -------------------------------------------------
@@ -361,6 +410,8 @@ class Session:
             },
         }
         doc["target"]["faults"] = list(self.embedded.faults) if self.embedded else []
+        if self.workers is not None:
+            doc = self.workers.merge(doc, interrupted=verdict is Verdict.INTERRUPTED)
         redacted: dict[str, Any] = self.redactor.redact_obj(doc)
         return redacted
 
@@ -398,6 +449,8 @@ class Session:
             verdict = self.run.verdict(
                 interrupted=interrupted, target_unusable=self.target_unusable or error is not None
             )
+            if self.workers is not None:
+                verdict = Verdict(self.summary(verdict, final=True)["verdict"])
             path = self.write_summary(verdict, final=True)
             self.render_report()
             return verdict, path

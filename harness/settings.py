@@ -15,6 +15,12 @@ The config file is, in order: the ``config_path`` the caller names; else
 config file's folder when they come from the file, else against the working
 directory.
 
+The ``adapter`` setting names the target's protocol. The adapter's own
+options are a sub-table of the config file, ``[adapter]`` in ``isoharness.toml``
+or ``[tool.isoharness.adapter]``; a ``name`` key there sets ``adapter`` (TOML
+allows ``adapter = "json"`` or an ``[adapter]`` table, not both), every other
+key is handed to the adapter's factory as it is.
+
 Secrets are never read from a config file: the JWT secret comes from
 ``--jwt-secret``, ``$ISOHARNESS_JWT_SECRET`` or the file named by
 ``jwt_secret_file``. When both a secret and a secret file are given, the one
@@ -237,6 +243,20 @@ def _hook(value: object) -> object:
     return value.strip()
 
 
+#: Adapters that ship with isoharness (``harness.adapters.registry`` maps them to modules).
+BUILTIN_ADAPTERS = ("aep", "json", "nats")
+
+
+def _adapter(value: object) -> object:
+    allowed = "one of " + ", ".join(BUILTIN_ADAPTERS) + ", or a hook 'package.module:factory'"
+    if isinstance(value, str) and value.strip().lower() in BUILTIN_ADAPTERS:
+        return value.strip().lower()
+    try:
+        return _hook(value)
+    except ValueError:
+        raise ValueError(allowed) from None
+
+
 #: Parsers whose raw value is a path, resolved against its source's folder first.
 _PATH_PARSERS: frozenset[Callable[[object], object]] = frozenset({_path, _existing_file})
 
@@ -363,9 +383,16 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _opt("insecure", "do not verify the target's TLS certificate", _bool, False),
     _opt(
         "transport",
-        "WebSocket client: websockets (asyncio client) or fast (batched sans-I/O client)",
-        _choice("websockets", "fast"),
-        "websockets",
+        "WebSocket client: fast (batched sans-I/O client) or websockets (asyncio client)",
+        _choice("fast", "websockets"),
+        "fast",
+    ),
+    _opt(
+        "adapter",
+        "the target's protocol: aep, json, nats or 'package.module:factory' "
+        "(its options: the [adapter] table of the config file)",
+        _adapter,
+        "aep",
     ),
     _opt(
         "memory_source",
@@ -452,7 +479,8 @@ class Settings:
     allowed_targets: tuple[str, ...] = ()
     ca_bundle: Path | None = None
     insecure: bool = False
-    transport: TransportKind = "websockets"
+    transport: TransportKind = "fast"
+    adapter: str = "aep"
     memory_source: MemorySource = "auto"
     metrics_path: str = "/metrics"
     memory_metric: str = "process_resident_memory_bytes"
@@ -464,6 +492,12 @@ class Settings:
     memory_floor_bytes_per_session: float = 2048.0
     gauge_grace: float = 5.0
     progress_interval: float = 10.0
+    #: The config file's adapter table, without its ``name`` (not an option: no flag).
+    adapter_options: Mapping[str, Any] = field(
+        default_factory=lambda: MappingProxyType({}), repr=False
+    )
+    #: Where ``adapter_options`` came from, for the adapter's error messages.
+    adapter_options_source: str = field(default="the adapter options", compare=False, repr=False)
     sources: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), compare=False, repr=False
     )
@@ -499,11 +533,15 @@ class _ConfigFile:
     values: dict[str, object]
     label: str  # the source named in errors
     folder: Path  # relative paths in the file are resolved against this
+    adapter_table: dict[str, object] | None = None  # the [adapter] sub-table, minus ``name``
+    adapter_label: str = ""  # its source, e.g. "isoharness.toml [adapter]"
 
 
 _ISOHARNESS_TOML = "isoharness.toml"
 _PYPROJECT = "pyproject.toml"
 _TABLE = "[tool.isoharness]"
+_ADAPTER_TABLE = "adapter"
+_ADAPTER_NAME = "name"
 
 
 def _load_config(cwd: Path, config_path: Path | None) -> _ConfigFile | None:
@@ -576,6 +614,26 @@ def _unknown_key(key: str, label: str) -> ConfigError:
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"did you mean {close[0]!r}?" if close else "known keys: " + ", ".join(known)
     return ConfigError("key", key, label, f"unknown key; {hint}")
+
+
+def _split_adapter_table(config: _ConfigFile) -> _ConfigFile:
+    """Take the adapter's own table out of the settings.
+
+    ``adapter = "json"`` is the setting; ``[adapter]`` (``[tool.isoharness.adapter]``)
+    is a table of the adapter's options, whose ``name`` key, if any, is the setting.
+    """
+    table = config.values.get(_ADAPTER_TABLE)
+    if not isinstance(table, dict):
+        return config
+    if config.label.endswith(_TABLE):
+        label = config.label.removesuffix(_TABLE) + "[tool.isoharness.adapter]"
+    else:
+        label = f"{config.label} [adapter]"
+    values = {key: value for key, value in config.values.items() if key != _ADAPTER_TABLE}
+    options = dict(table)
+    if _ADAPTER_NAME in options:
+        values[_ADAPTER_TABLE] = options.pop(_ADAPTER_NAME)
+    return _ConfigFile(values, config.label, config.folder, options, label)
 
 
 def _check_keys(config: _ConfigFile) -> None:
@@ -660,6 +718,7 @@ def resolve_settings(
     """
     config = _load_config(cwd, config_path)
     if config is not None:
+        config = _split_adapter_table(config)
         _check_keys(config)
     values: dict[str, object] = {}
     picked: dict[str, _Raw] = {}
@@ -679,6 +738,9 @@ def resolve_settings(
     sources = {name: raw.source for name, raw in picked.items()}
     _resolve_secret(values, picked)
     _cross_check(values, sources)
+    if config is not None and config.adapter_table is not None:
+        values["adapter_options"] = MappingProxyType(config.adapter_table)
+        values["adapter_options_source"] = config.adapter_label
     return Settings(**values, sources=MappingProxyType(sources))  # type: ignore[arg-type]
 
 

@@ -19,8 +19,9 @@ from typing import Literal
 
 from faker import Faker
 
-from harness.aep import Event, parse_frame, user_message
-from harness.recording import Clock, Closed, Opened, Received, RecordSink, Sent
+from harness.aep import AEP_CODEC, Event
+from harness.codec import Codec
+from harness.recording import Clock, Closed, Opened, Received, ReceivedBatch, RecordSink, Sent
 from harness.transport.base import Channel, ChannelClosed
 from harness.types import ConnectionId, ScenarioId, TenantId, UserId, UserKey
 
@@ -128,6 +129,11 @@ class UserConnection:
         scenario: the scenario it belongs to.
         sink: where records go (the run, which writes and checks them).
         clock: the run's clock.
+        codec: encodes the messages sent and decodes the frames received; a
+            run ends at its lifecycle's terminal event.
+        on_run_end: called with each run as it ends (completed or cut), from
+            the read path, after its frames are recorded; a closed-loop driver
+            sends its next message from here, with no task per message.
     """
 
     def __init__(
@@ -141,8 +147,13 @@ class UserConnection:
         clock: Clock,
         reconnect: bool = False,
         drops_injected: bool = False,
+        codec: Codec = AEP_CODEC,
+        on_run_end: Callable[[PendingRun], None] | None = None,
     ) -> None:
         self.user = user
+        self.on_run_end = on_run_end
+        self._codec = codec
+        self._terminal = codec.lifecycle.terminal
         self._drops_injected = drops_injected
         self.id = connection_id
         self._channel = channel
@@ -162,37 +173,55 @@ class UserConnection:
         return sum(1 for run in self._pending.values() if not run.done.done())
 
     async def send_message(self, thread_id: str) -> PendingRun:
-        """Send a canary-carrying ``user_message`` in ``thread_id``.
+        """Send a canary-carrying message in ``thread_id`` (AEP/1: a ``user_message``).
 
         Raises:
             ChannelClosed: the connection is closed (its ``Closed`` is already
                 recorded); nothing is sent or recorded.
         """
+        run, payload = self._start_run(thread_id)
+        await self._channel.send(payload)
+        return run
+
+    def send_message_nowait(self, thread_id: str) -> PendingRun:
+        """:meth:`send_message` without waiting: for a caller with one message in flight.
+
+        The frame is written at once where the channel can (``send_nowait``,
+        without waiting for the socket to drain: one message in flight per
+        connection bounds what is buffered), else by a task.
+
+        Raises:
+            ChannelClosed: as :meth:`send_message`.
+        """
+        run, payload = self._start_run(thread_id)
+        send_nowait = getattr(self._channel, "send_nowait", None)
+        if send_nowait is not None:
+            send_nowait(payload)
+        else:
+            # A failed send ends the connection: its reader records the Closed and cuts the run.
+            task = asyncio.ensure_future(self._channel.send(payload))
+            task.add_done_callback(_retrieve)
+        return run
+
+    def _start_run(self, thread_id: str) -> tuple[PendingRun, str]:
+        """Record a new message in ``thread_id`` as sent; return its run and its frame."""
         if self.closed is not None:
             # A run recorded after its connection's Closed would never be judged
             # cut: the oracle would wait for it and call it lost.
             initiator = "error" if self.closed.initiator == "injected" else self.closed.initiator
             raise ChannelClosed(self.closed.code, self.closed.reason, initiator)
         message_id, content = self.user.next_message(thread_id)
-        loop = asyncio.get_running_loop()
-        now = self._clock.mono()
-        run = PendingRun(message_id, thread_id, now, loop.create_future())
+        clock = self._clock
+        now = clock.mono()
+        run = PendingRun(message_id, thread_id, now, asyncio.get_running_loop().create_future())
         self._pending[message_id] = run
         self._sink.record(
-            Sent(
-                self._scenario,
-                self.user.key,
-                self.id,
-                now,
-                self._clock.wall(),
-                message_id,
-                thread_id,
-            )
+            Sent(self._scenario, self.user.key, self.id, now, clock.wall(), message_id, thread_id)
         )
-        await self._channel.send(
-            user_message(message_id=message_id, thread_id=thread_id, content=content)
+        payload = self._codec.encode_message(
+            message_id=message_id, thread_id=thread_id, content=content
         )
-        return run
+        return run, payload
 
     async def _read(self) -> None:
         try:
@@ -215,23 +244,31 @@ class UserConnection:
 
     def _received(self, frames: list[tuple[str, bool]]) -> None:
         """Record frames that arrived together and settle the runs they complete."""
-        record, scenario, user, conn = self._sink.record, self._scenario, self.user.key, self.id
-        pending = self._pending
+        scenario, user, conn = self._scenario, self.user.key, self.id
+        pending, decode, terminal = self._pending, self._codec.decode, self._terminal
         mono = self._clock.mono()
         wall = self._clock.wall()
-        for text, binary in frames:
-            frame = parse_frame(text, binary=binary)
-            record(Received(scenario, user, conn, mono, wall, text, frame, binary))
+        decoded = [decode(text, binary=binary) for text, binary in frames]
+        record_batch = getattr(self._sink, "record_batch", None)
+        if record_batch is not None:  # the run: one write and one pass of each oracle
+            record_batch(ReceivedBatch(scenario, user, conn, mono, wall, frames, decoded))
+        else:
+            record = self._sink.record
+            for (text, binary), frame in zip(frames, decoded, strict=True):
+                record(Received(scenario, user, conn, mono, wall, text, frame, binary))
+        for frame in decoded:
             if type(frame) is Event:
                 run = pending.get(frame.message_id)
                 if run is not None:
                     run.first_event.set()
-                    if frame.type == "agent_completed" and not run.done.done():
+                    if frame.type == terminal and not run.done.done():
                         run.ended_mono = mono
                         run.done.set_result("completed")
                         # Its caller holds the run; a long-lived connection
                         # must not keep every run it ever finished.
                         del pending[frame.message_id]
+                        if self.on_run_end is not None:
+                            self.on_run_end(run)
 
     def _finish(
         self,
@@ -242,10 +279,10 @@ class UserConnection:
         if self.closed is not None:
             return
         mono = self._clock.mono()
-        cut = 0
+        cut = []
         for run in self._pending.values():
             if not run.done.done():
-                cut += 1
+                cut.append(run)
                 run.ended_mono = mono
                 run.done.set_result("cut")
                 run.first_event.set()
@@ -258,9 +295,12 @@ class UserConnection:
             initiator,
             code,
             reason,
-            cut,
+            len(cut),
         )
         self._sink.record(self.closed)
+        if self.on_run_end is not None:
+            for run in cut:
+                self.on_run_end(run)
 
     async def wait_runs(self, timeout_s: float) -> None:
         """Wait until every run this connection started has ended, or ``timeout_s``."""
@@ -285,3 +325,9 @@ class UserConnection:
     def forget(self, message_id: str) -> None:
         """Drop a run from the pending table (its end was seen and handled)."""
         self._pending.pop(message_id, None)
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """Mark a background send's failure as seen: the reader records the connection's end."""
+    if not task.cancelled():
+        task.exception()

@@ -1,6 +1,6 @@
 """Workloads: the async drivers that create the conditions isolation bugs need.
 
-Each workload takes an :class:`Env` (the run, the scenario, the transport)
+Each workload takes an :class:`Env` (the run, the scenario, the adapter)
 and simulated users, does what real users do — at the same moment, with the
 same ids, dropping connections mid-run, reading each other's ids — and
 counts the conditions it created. Every loop is bounded in count and time.
@@ -16,18 +16,21 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from harness.adapters import Adapter
 from harness.canary import CANARY_RE
 from harness.coverage import count_overlapping, shared_identifiers
 from harness.credentials import Credentials
-from harness.errors import TargetError
+from harness.errors import AuthRefused, TargetError, UsageError
 from harness.faultproxy import FaultProxy
 from harness.oracles.shared_state import CrossProbe
 from harness.recording import HttpExchange
 from harness.run import Run
-from harness.transport.base import ChannelClosed, Connector, HttpClient
+from harness.transport.base import ChannelClosed, HttpClient
 from harness.types import ScenarioId, UserKey
 from harness.users import PendingRun, SimUser, UserConnection, make_identity
 
+HTTP_STATE = "http_state"
+"""The adapter capability the state API workloads need (AEP/1 §2)."""
 SETTLE_S = 0.3
 """Pause after the last run ends, before closing, so late duplicates are seen."""
 ABANDON_AFTER_S = 2.0
@@ -38,16 +41,24 @@ events would otherwise make every later scenario wait out the timeout."""
 
 @dataclass(slots=True)
 class Env:
-    """Everything a workload needs; made per scenario call inside its event loop."""
+    """Everything a workload needs; made per scenario call inside its event loop.
+
+    Attributes:
+        adapter: opens users' connections and speaks the target's protocol.
+        http: the HTTP client of the state API (used only when the adapter
+            has ``"http_state"``).
+        reroute: the same adapter with its connections sent to another
+            ``host:port`` (a fault proxy); ``None`` when it cannot be rerouted.
+    """
 
     run: Run
     scenario: ScenarioId
-    connector: Connector
+    adapter: Adapter
     http: HttpClient
     credentials: Credentials
     base_url: str
     ws_url: str
-    token_in_query: bool = False
+    reroute: Callable[[str], Adapter] | None = None
     #: Connections go through a fault proxy the harness drives: drops are injected.
     injected_faults: bool = False
     connect_limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(200))
@@ -81,11 +92,17 @@ async def connect(
     for attempt in range(attempts):
         try:
             async with env.connect_limit:
-                channel = await env.connector.connect(
-                    env.ws_url, token=user.token, token_in_query=env.token_in_query
-                )
-        except TargetError as exc:
+                channel = await env.adapter.open(user)
+        except AuthRefused as exc:
             env.run.error("connect_failed", exc.reason)
+            await asyncio.sleep(user.rng.uniform(0.05, 0.2) * 2**attempt)
+            continue
+        except TargetError as exc:
+            if env.injected_faults:
+                # The harness's own fault proxy cut the connection while it opened.
+                env.run.counts["connects_cut_by_injected_faults"] += 1
+            else:
+                env.run.error("connect_failed", exc.reason)
             await asyncio.sleep(user.rng.uniform(0.05, 0.2) * 2**attempt)
             continue
         return UserConnection(
@@ -97,6 +114,7 @@ async def connect(
             clock=env.run.clock,
             reconnect=reconnect,
             drops_injected=env.injected_faults,
+            codec=env.adapter.codec,
         )
     return None
 
@@ -110,15 +128,18 @@ async def send(env: Env, conn: UserConnection, thread_id: str) -> PendingRun | N
         return None
 
 
-async def finish(env: Env, conns: Sequence[UserConnection], *, abrupt: bool = False) -> None:
+async def finish(
+    env: Env, conns: Sequence[UserConnection], *, abrupt: bool = False, waited_s: float = 0.0
+) -> None:
     """Wait for every run, judge them while the connections are open, then close.
 
     A run is judged lost only after the full lifecycle timeout. Once the run
     already has a violation, waiting stops after :data:`ABANDON_AFTER_S` and
-    unfinished runs are counted as abandoned instead of judged.
+    unfinished runs are counted as abandoned instead of judged. ``waited_s``:
+    how long the caller has already waited for these runs.
     """
     loop = asyncio.get_running_loop()
-    began = loop.time()
+    began = loop.time() - waited_s
     timeout = env.run.lifecycle_timeout_s
     abandoned = False
     while any(conn.in_flight for conn in conns):
@@ -188,7 +209,10 @@ async def chat(
     async def one_user(user: SimUser) -> None:
         conns = by_user.get(user.key, [])
         for n in range(messages if conns else 0):
-            await asyncio.sleep(user.rng.uniform(0, jitter_s))
+            # Every user's first message goes out together, so runs overlap
+            # across users even where a run lasts one round trip (NATS).
+            if n:
+                await asyncio.sleep(user.rng.uniform(0, jitter_s))
             thread = thread_of(user, n)
             threads.append((user.key, thread))
             run = await send(env, conns[n % len(conns)], thread)
@@ -201,6 +225,60 @@ async def chat(
     env.cover("overlapping_runs", count_overlapping(_intervals(sent, env.run.clock.mono())))
     env.cover("shared_identifiers", shared_identifiers(threads))
     return sent
+
+
+async def closed_loop(
+    env: Env,
+    users: Sequence[SimUser],
+    *,
+    messages: int,
+    thread_of: Callable[[SimUser, int], str],
+) -> int:
+    """Every user, on one connection, sends ``messages`` messages one after another.
+
+    A closed loop, as load tools drive: each user keeps one message in
+    flight and sends the next from the end of the previous run's lifecycle
+    (the connection's ``on_run_end``, on its read path: no task or wait per
+    message). Runs of different users overlap. A user stops at a cut run or
+    a failed send; when no run has ended for the lifecycle timeout (or
+    :data:`ABANDON_AFTER_S` once the run has a violation), every user stops
+    and :func:`finish` judges what is still in flight. Returns the number of
+    messages sent.
+    """
+    opened = await asyncio.gather(*(connect(env, user) for user in users))
+    conns = [conn for conn in opened if conn is not None]
+    loop = asyncio.get_running_loop()
+    all_done: asyncio.Future[None] = loop.create_future()
+    current: dict[UserConnection, PendingRun] = {}
+    sent = 0
+    stopping = False
+
+    def done(conn: UserConnection) -> None:
+        current.pop(conn, None)
+        conn.on_run_end = None
+        if not current and not all_done.done():
+            all_done.set_result(None)
+
+    def send_next(conn: UserConnection) -> None:
+        nonlocal sent
+        n = conn.user_sent
+        if n >= messages or stopping:
+            done(conn)
+            return
+        try:
+            current[conn] = conn.send_message_nowait(thread_of(conn.user, n))
+        except ChannelClosed as exc:
+            env.run.error("send_failed", str(exc))
+            done(conn)
+            return
+        conn.user_sent = n + 1
+        sent += 1
+
+    def on_run_end(run: PendingRun) -> None:
+        conn = ends[run.message_id]
+        ...
+
+    raise NotImplementedError
 
 
 async def disconnect_and_reconnect(
@@ -457,8 +535,23 @@ async def mixed_load(
     """Churn, simultaneous reads of one path and cross-user probes, all at once.
 
     The sustained load of a real service: sessions come and go while other
-    users read shared paths and try each other's ids.
+    users read shared paths and try each other's ids. Without the adapter's
+    ``"http_state"`` the load is the churn alone.
     """
+
+    async def sessions() -> None:
+        await churn(
+            env,
+            users,
+            duration_s=duration_s,
+            rate=rate,
+            max_sessions=int(duration_s * rate) + 1,
+            thread_of=lambda u, n: "main" if n % 2 else u.private_id("t"),
+        )
+
+    if HTTP_STATE not in env.adapter.capabilities:
+        await sessions()
+        return
     await write_state(env, users, key)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + duration_s
@@ -468,18 +561,7 @@ async def mixed_load(
             await concurrent_reads(env, users, state_path(key), bursts=1)
             await asyncio.sleep(0.2)
 
-    await asyncio.gather(
-        churn(
-            env,
-            users,
-            duration_s=duration_s,
-            rate=rate,
-            max_sessions=int(duration_s * rate) + 1,
-            thread_of=lambda u, n: "main" if n % 2 else u.private_id("t"),
-        ),
-        readers(),
-        cross_user_probes(env, users, per_user=1),
-    )
+    await asyncio.gather(sessions(), readers(), cross_user_probes(env, users, per_user=1))
 
 
 async def reconnect_storm(
@@ -498,13 +580,17 @@ async def reconnect_storm(
     the run's errors, never as violations, and runs they cut are not lost.
     Returns the number of resets.
     """
+    if env.reroute is None:
+        raise UsageError("reconnect_storm needs an Env whose adapter can be rerouted (Env.reroute)")
     parts = urlsplit(env.base_url)
     proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 80, seed=env.run.seed)
     await proxy.start()
+    netloc = f"127.0.0.1:{proxy.port}"
     via = replace(
         env,
-        base_url=urlunsplit((parts.scheme, f"127.0.0.1:{proxy.port}", parts.path, "", "")),
-        ws_url=_with_netloc(env.ws_url, f"127.0.0.1:{proxy.port}"),
+        adapter=env.reroute(netloc),
+        base_url=urlunsplit((parts.scheme, netloc, parts.path, "", "")),
+        ws_url=_with_netloc(env.ws_url, netloc),
         injected_faults=True,
     )
     resets = 0
@@ -532,6 +618,7 @@ async def reconnect_storm(
             resetter(),
         )
     finally:
+        await via.adapter.aclose()
         await proxy.aclose()
     return resets
 

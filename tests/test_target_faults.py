@@ -26,6 +26,8 @@ import pytest
 from e2e_helpers import SECRET, output_of, read_summary, run_harness, seconds
 from misbehaving_target import MisbehavingTarget
 
+from harness.adapters import AdapterContext
+from harness.adapters.aep import aep_via
 from harness.credentials import JwtCredentials
 from harness.recording import RAW_LIMIT
 from harness.run import UNRESPONSIVE, Run, Target
@@ -95,9 +97,8 @@ def scenario_at(tmp_path: Path) -> Iterator[ScenarioFactory]:
         )
         runs.append(run)
         wiring = Wiring(
-            base_url=target.base_url,
-            ws_url=target.ws_url,
-            connector=lambda: WebSocketConnector(open_timeout_s=2.0),
+            context=AdapterContext(base_url=target.base_url, ws_url=target.ws_url),
+            adapter=aep_via(lambda: WebSocketConnector(open_timeout_s=2.0)),
             http=http,
             credentials=JwtCredentials(SECRET),
         )

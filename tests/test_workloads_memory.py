@@ -8,6 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from harness.adapters import AdapterContext
+from harness.adapters.aep import aep_via
 from harness.run import Run, Target
 from harness.scenario import Scenario, Sizes, Wiring
 from harness.transport.base import HttpResponse
@@ -102,9 +104,8 @@ def _scenario_on(service: TwinService, tmp_path: Path) -> Scenario:
         lifecycle_timeout_s=2.0,
     )
     wiring = Wiring(
-        base_url="memory://",
-        ws_url="memory://ws",
-        connector=lambda: MemoryConnector(service.handle),
+        context=AdapterContext(base_url="memory://", ws_url="memory://ws"),
+        adapter=aep_via(lambda: MemoryConnector(service.handle)),
         http=NoHttp,
         credentials=TokenIsTheUser(),
     )

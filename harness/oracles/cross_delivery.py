@@ -7,19 +7,28 @@ is seen even when the service rewrote the tags on the leaked event:
 * the frame's owner tags (``user_id``/``tenant_id``) name another user;
 * the raw frame text carries another user's canary anywhere — in the content,
   the ``message_id``, a ``history`` entry, or a field nobody knew about.
+
+A protocol without owner tags (its codec decodes events with ``user_id``
+``None``) is judged by the canaries alone: every message a user sends carries
+its canary, so whatever the service derives from it still names its owner.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from harness.aep import Malformed, decode_json
+from harness.aep import Event, Malformed, decode_json
 from harness.canary import CanaryBook
 from harness.findings import Finding
 from harness.oracles.policy import permitted
 from harness.oracles.witness import clip, iso_time, locate
-from harness.recording import Received
+from harness.recording import Received, ReceivedBatch
 from harness.types import DeliveryPolicy, TenantId, UserId, UserKey, ViolationKind
+
+CANARY_PREFIX = "iso"
+"""How every canary begins (:data:`harness.canary.CANARY_RE`)."""
+MAX_RECEIVERS = 100_000
+"""Receivers whose own canary is remembered (bounded memory in the longest soak)."""
 
 
 def tagged_owner(obj: Any, receiver: UserKey) -> UserKey | None:
@@ -40,12 +49,20 @@ class CrossDeliveryOracle:
         canaries: the run's canary book.
         policy: who may receive another user's events.
         seed: the run's seed, put in every witness.
+        owner_tags: the protocol's frames may carry ``user_id``/``tenant_id``
+            (``False``: only canaries decide, and a malformed frame's fields
+            are never read as tags).
     """
 
-    def __init__(self, canaries: CanaryBook, *, policy: DeliveryPolicy, seed: int) -> None:
+    def __init__(
+        self, canaries: CanaryBook, *, policy: DeliveryPolicy, seed: int, owner_tags: bool = True
+    ) -> None:
         self._canaries = canaries
         self._policy = policy
         self._seed = seed
+        self._owner_tags = owner_tags
+        # Each receiver's own canary, once seen, when it holds no other "iso".
+        self._own: dict[UserKey, str] = {}
 
     def check(self, rec: Received) -> list[Finding]:
         """Return one finding per foreign owner found in ``rec`` (usually none)."""
@@ -72,13 +89,60 @@ class CrossDeliveryOracle:
             findings.append(self._finding(rec, owner, how, parsed_obj()))
         return findings
 
+    def check_batch(self, batch: ReceivedBatch) -> list[Finding]:
+        """:meth:`check` every frame of ``batch``, with one canary scan for all of them.
+
+        A batch whose every frame is tagged for its receiver (or untagged) and
+        carries no canary the receiver may not see is clean as a whole; any
+        other batch is checked frame by frame, for the exact findings.
+        """
+        receiver = batch.receiver
+        user, tenant = receiver.user, receiver.tenant
+        suspect = False
+        for frame, (raw, _) in zip(batch.frames, batch.received, strict=True):
+            if type(frame) is Event:
+                tag = frame.user_id
+                if tag is not None and (tag != user or frame.tenant_id not in (tenant, None)):
+                    suspect = True
+                    break
+            elif getattr(frame, "user_id", None) is not None or '"user_id"' in raw:
+                suspect = True  # a malformed frame's tags, or a frame type of another codec
+                break
+        if not suspect:
+            received = batch.received
+            # "\n" is outside the canary alphabet: no canary spans two frames.
+            text = received[0][0] if len(received) == 1 else "\n".join(r for r, _ in received)
+            own = self._own.get(receiver)
+            # Every canary starts with "iso" and is read from where it starts. When
+            # every "iso" in the text starts a copy of the receiver's own canary
+            # (which has no "iso" inside), every canary in it is that one: the
+            # usual batch, settled by two counts instead of a scan of each copy.
+            if own is None or text.count(CANARY_PREFIX) != text.count(own):
+                for canary, owner in self._canaries.find(text):
+                    if owner == receiver:
+                        if CANARY_PREFIX not in canary[1:] and len(self._own) < MAX_RECEIVERS:
+                            self._own[receiver] = canary
+                    elif not permitted(self._policy, owner, receiver):
+                        suspect = True
+                        break
+        if not suspect:
+            return []
+        findings: list[Finding] = []
+        for rec in batch.records():
+            findings += self.check(rec)
+        return findings
+
     def _tag_owner(self, rec: Received, parsed_obj: Any) -> UserKey | None:
         frame = rec.frame
         user = getattr(frame, "user_id", None)
         if isinstance(user, str):
-            tenant = getattr(frame, "tenant_id", rec.receiver.tenant)
+            # No tenant tag (None): the receiver's tenant, as for a malformed frame.
+            tenant = getattr(frame, "tenant_id", None)
+            tenant = tenant if isinstance(tenant, str) else rec.receiver.tenant
             owner = UserKey(TenantId(tenant), UserId(user))
             return owner if owner != rec.receiver else None
+        if not self._owner_tags:
+            return None
         if isinstance(frame, Malformed) and '"user_id"' in rec.raw:
             tagged = tagged_owner(parsed_obj(), rec.receiver)
             return tagged if tagged is not None and tagged != rec.receiver else None

@@ -8,6 +8,10 @@ cut, never as lost. A malformed frame that names a run stands in for the event
 it was meant to be: it is a protocol error (counted in the run's errors), not
 also a lost event.
 
+Other protocols bring their own :class:`~harness.codec.Lifecycle` (one event
+per message, or a chain of them); an event with ``seq`` ``None`` (a protocol
+without sequence numbers) is judged by its type alone.
+
 The tracker is a small state machine fed records as they arrive; it keeps
 state only for runs in flight (plus a short settle period after completion,
 to catch late duplicates), so its memory is bounded by the concurrency, not
@@ -18,16 +22,17 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.aep import LIFECYCLE, PHASE, REPEATABLE, Event, Malformed
+from harness.aep import AEP_LIFECYCLE, Event, Malformed
+from harness.codec import Lifecycle
 from harness.findings import Finding
-from harness.oracles.witness import clip, iso_time
-from harness.recording import Closed, Received, Sent
+from harness.oracles.witness import EVIDENCE_RAW_LIMIT, clip, iso_time
+from harness.recording import Closed, Received, ReceivedBatch, Sent
 from harness.types import ConnectionId, ViolationKind
 
-SINGULAR = tuple(name for name in LIFECYCLE if name not in REPEATABLE)
 TYPES_KEPT = 64
 """Event types of a run kept for the evidence; a run may send any number of thoughts."""
 
@@ -56,7 +61,7 @@ class _Run:
         return 1 <= seq <= self.prefix or seq in self.seqs
 
     def add(self, event: Event) -> None:
-        if not self.has_seq(event.seq):
+        if event.seq is not None and not self.has_seq(event.seq):
             self.seqs.add(event.seq)
             while self.prefix + 1 in self.seqs:
                 self.prefix += 1
@@ -82,9 +87,22 @@ class LifecycleOracle:
             event (AEP/1 §5: a correct service may take seconds under load).
         settle_s: how long a completed run is kept to catch late duplicates.
         seed: the run's seed, put in every witness.
+        lifecycle: the events one message causes (default: AEP/1's five).
     """
 
-    def __init__(self, *, timeout_s: float, settle_s: float = 1.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        timeout_s: float,
+        settle_s: float = 1.0,
+        seed: int = 0,
+        lifecycle: Lifecycle = AEP_LIFECYCLE,
+    ) -> None:
+        self.lifecycle = lifecycle
+        self._phase = lifecycle.phase
+        self._singular = lifecycle.singular
+        self._repeatable = tuple(name for name in lifecycle.events if name in lifecycle.repeatable)
+        self._terminal = lifecycle.terminal
         self._timeout = timeout_s
         self._settle = settle_s
         self._seed = seed
@@ -96,6 +114,13 @@ class LifecycleOracle:
         #: target stopped answering (a target fault), not an event lost among others.
         self.unresponsive = 0
         self._heard: dict[ConnectionId, float] = {}
+        # The keys of completed runs in the order they completed, so a sweep judges
+        # the settled ones from the front instead of walking every run in flight;
+        # valid while records come in time order (live runs; a test may feed any).
+        # Keys, not runs: a run judged when its connection closed is freed at once.
+        self._settling: deque[tuple[float, tuple[ConnectionId, str]]] = deque()
+        self._in_order = True
+        self._last_sent = -math.inf
 
     @property
     def in_flight(self) -> int:
@@ -103,7 +128,21 @@ class LifecycleOracle:
         return len(self._runs)
 
     def on_sent(self, rec: Sent) -> None:
-        self._runs[(rec.connection, rec.message_id)] = _Run(rec)
+        key = (rec.connection, rec.message_id)
+        if rec.mono < self._last_sent or key in self._runs:
+            self._in_order = False  # _runs is no longer in order of sending
+        self._last_sent = rec.mono
+        self._runs[key] = _Run(rec)
+
+    def _complete(self, run: _Run, mono: float) -> None:
+        run.completed_at = mono
+        if self._in_order:
+            settling = self._settling
+            if settling and mono < settling[-1][0]:
+                self._in_order = False
+                settling.clear()
+            else:
+                settling.append((mono, (run.sent.connection, run.sent.message_id)))
 
     def on_received(self, rec: Received) -> list[Finding]:
         """Check one frame; returns duplicate/out-of-order findings at once."""
@@ -117,9 +156,12 @@ class LifecycleOracle:
         run = self._runs.get((rec.connection, event.message_id))
         if run is None:
             return []
+        phase = self._phase.get(event.type)
+        if phase is None:
+            return []  # not an event of the lifecycle: the codec's business, not a run's
         run.last_raw = clip(rec.raw)  # bounded: a run may be in flight a long time
         findings: list[Finding] = []
-        phase = PHASE[event.type]
+        seq = event.seq
         if event.run_id not in run.run_ids and run.run_ids:
             findings += self._flag(
                 run,
@@ -128,34 +170,93 @@ class LifecycleOracle:
                 f"({event.run_id!r} after {sorted(run.run_ids)!r})",
                 rec,
             )
-        elif run.has_seq(event.seq):
+        elif seq is not None and run.has_seq(seq):
             findings += self._flag(
                 run,
                 ViolationKind.DUPLICATE_EVENT,
-                f"{event.type} (seq {event.seq}) of message {event.message_id} "
+                f"{event.type} (seq {seq}) of message {event.message_id} "
                 f"received twice on {rec.connection}",
                 rec,
             )
-        elif event.type in SINGULAR and event.type in run.kinds:
+        elif event.type in self._singular and event.type in run.kinds:
             findings += self._flag(
                 run,
                 ViolationKind.DUPLICATE_EVENT,
                 f"{event.type} of message {event.message_id} received twice on {rec.connection}",
                 rec,
             )
-        elif event.seq < run.max_seq or phase < run.max_phase:
+        elif (seq is not None and seq < run.max_seq) or phase < run.max_phase:
+            numbered = "" if seq is None else f" (seq {seq})"
+            after = "" if seq is None else f" (seq {run.max_seq})"
             findings += self._flag(
                 run,
                 ViolationKind.OUT_OF_ORDER,
-                f"{event.type} (seq {event.seq}) of message {event.message_id} arrived after "
-                f"{run.last} (seq {run.max_seq}) on {rec.connection}",
+                f"{event.type}{numbered} of message {event.message_id} arrived after "
+                f"{run.last}{after} on {rec.connection}",
                 rec,
             )
         run.add(event)
-        run.max_seq = max(run.max_seq, event.seq)
+        if seq is not None:
+            run.max_seq = max(run.max_seq, seq)
         run.max_phase = max(run.max_phase, phase)
-        if event.type == "agent_completed" and run.completed_at is None:
-            run.completed_at = rec.mono
+        if event.type == self._terminal and run.completed_at is None:
+            self._complete(run, rec.mono)
+        return findings
+
+    def on_batch(self, batch: ReceivedBatch) -> list[Finding]:
+        """:meth:`on_received` for every frame of ``batch``, in order.
+
+        The common frame, its run's next event in every respect (the next seq
+        with none missing, the same run id, no earlier phase, a singular type
+        not seen before), can yield no finding: it only advances the run here.
+        Every other frame goes through :meth:`on_received`.
+        """
+        if not batch.frames:
+            return []
+        connection = batch.connection
+        self._heard[connection] = batch.mono
+        runs, phases, singular = self._runs, self._phase, self._singular
+        findings: list[Finding] = []
+        message_id, run = None, None  # a read's frames are mostly one run's
+        for index, event in enumerate(batch.frames):
+            if type(event) is Event:
+                if event.message_id != message_id or run is None:
+                    message_id = event.message_id
+                    run = runs.get((connection, message_id))
+                if run is None:
+                    continue
+                kind, seq = event.type, event.seq
+                phase = phases.get(kind)
+                if (
+                    phase is not None
+                    and seq is not None
+                    and seq == run.prefix + 1
+                    and not run.seqs
+                    and phase >= run.max_phase
+                    and (event.run_id in run.run_ids or not run.run_ids)
+                    and (kind not in singular or kind not in run.kinds)
+                ):
+                    # What on_received and _Run.add do for it, finding nothing.
+                    raw = batch.received[index][0]
+                    run.last_raw = raw if len(raw) <= EVIDENCE_RAW_LIMIT else clip(raw)
+                    run.prefix = run.max_seq = seq
+                    run.max_phase = phase
+                    if not run.run_ids:  # else it holds this run id already
+                        run.run_ids.add(event.run_id)
+                    run.kinds.add(kind)
+                    run.last = kind
+                    run.events += 1
+                    if len(run.types) < TYPES_KEPT:
+                        run.types.append(kind)
+                    if kind == self._terminal and run.completed_at is None:
+                        self._complete(run, batch.mono)
+                    continue
+            elif not isinstance(event, Malformed):
+                continue  # a pong, an error frame: no run's event
+            found = self.on_received(batch.record(index))
+            run = None  # on_received may have changed or judged it: look it up again
+            if found:
+                findings += found
         return findings
 
     def _on_malformed(self, rec: Received, frame: Malformed) -> None:
@@ -169,10 +270,10 @@ class LifecycleOracle:
         if run is None:
             return
         kind = obj.get("type")
-        run.malformed.add(kind if isinstance(kind, str) and kind in PHASE else "?")
+        run.malformed.add(kind if isinstance(kind, str) and kind in self._phase else "?")
         run.malformed_count += 1
-        if kind == "agent_completed" and run.completed_at is None:
-            run.completed_at = rec.mono
+        if kind == self._terminal and run.completed_at is None:
+            self._complete(run, rec.mono)
 
     def on_closed(self, rec: Closed) -> list[Finding]:
         """Judge the runs of a closed connection: unfinished ones were cut, not lost."""
@@ -188,6 +289,8 @@ class LifecycleOracle:
 
     def sweep(self, now: float) -> list[Finding]:
         """Judge runs that completed over ``settle_s`` ago or are past the timeout."""
+        if self._in_order:
+            return self._sweep_in_order(now)
         findings: list[Finding] = []
         for key, run in list(self._runs.items()):
             settled = run.completed_at is not None and now - run.completed_at >= self._settle
@@ -195,6 +298,34 @@ class LifecycleOracle:
             if settled or expired:
                 del self._runs[key]
                 findings += self._judge(run, now=now)
+        return findings
+
+    def _sweep_in_order(self, now: float) -> list[Finding]:
+        """:meth:`sweep` when runs were sent and completed in time order: the settled
+        runs are at the front of ``_settling``, the expired ones at the front of ``_runs``."""
+        findings: list[Finding] = []
+        runs, settling = self._runs, self._settling
+        settle = self._settle
+        while settling and now - settling[0][0] >= settle:
+            key = settling.popleft()[1]
+            run = runs.get(key)
+            # None: judged already (its connection closed); a later completion: a
+            # newer run under the same key, which has its own entry.
+            if (
+                run is not None
+                and run.completed_at is not None
+                and now - run.completed_at >= settle
+            ):
+                del runs[key]
+                findings += self._judge(run, now=now)
+        expired = []
+        for key, run in runs.items():
+            if now - run.sent.mono < self._timeout:
+                break  # this one and every later one were sent within the timeout
+            if run.completed_at is None:
+                expired.append(key)
+        for key in expired:
+            findings += self._judge(runs.pop(key), now=now)
         return findings
 
     def finish_connection(self, connection: ConnectionId, now: float) -> list[Finding]:
@@ -233,6 +364,7 @@ class LifecycleOracle:
                 findings += self._judge(run, now=now)
         self._runs.clear()
         self._heard.clear()
+        self._settling.clear()
         return findings
 
     def _judge(self, run: _Run, *, now: float) -> list[Finding]:
@@ -247,15 +379,15 @@ class LifecycleOracle:
             return self._flag(
                 run,
                 ViolationKind.LOST_EVENT,
-                f"message {mid} got no agent_completed on {run.sent.connection} "
+                f"message {mid} got no {self._terminal} on {run.sent.connection} "
                 f"within {waited:.1f}s while the connection stayed open (received: {got})",
                 None,
             )
         self.completed += 1
         seen = run.kinds | run.malformed
-        missing = [name for name in SINGULAR if name not in seen]
-        if "agent_thinking" not in seen:
-            missing.append("agent_thinking")
+        # Singular events first, then the repeatable ones (each needed at least once).
+        missing = [name for name in self._singular if name not in seen]
+        missing += [name for name in self._repeatable if name not in seen]
         # Counted, never enumerated: a target may send seq 10**18.
         held = run.prefix + sum(1 for seq in run.seqs if run.prefix < seq <= run.max_seq)
         gaps: list[int] = []
