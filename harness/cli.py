@@ -21,7 +21,6 @@ from harness.errors import ConfigError
 from harness.settings import OPTIONS, Settings, flag_arguments, resolve_settings
 
 EXIT_USAGE = 2
-DISTRIBUTION_FLAGS = frozenset({"-n", "--numprocesses", "--dist", "--tx", "-d"})
 
 
 def default_scenarios() -> Path:
@@ -117,6 +116,7 @@ def _report(folder: Path) -> int:
 def _run(ns: argparse.Namespace, pytest_args: list[str]) -> int:
     import pytest
 
+    from harness.adapters.registry import check_adapter
     from harness.safety import check_target_allowed
     from harness.session import new_run_id
 
@@ -129,16 +129,9 @@ def _run(ns: argparse.Namespace, pytest_args: list[str]) -> int:
                 settings.allowed_targets,
                 source=settings.source_of("target_url"),
             )
+        check_adapter(settings)
     except ConfigError as exc:
         print(f"isoharness: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    distributed = [a for a in pytest_args if a.split("=")[0] in DISTRIBUTION_FLAGS]
-    if distributed:
-        print(
-            f"isoharness: error: {distributed[0]} is not supported yet: distributed runs "
-            "(pytest-xdist) would start one session per worker; run without -n",
-            file=sys.stderr,
-        )
         return EXIT_USAGE
     report_dir = settings.report_dir or Path("reports") / new_run_id()
     scenarios = settings.scenarios or default_scenarios()

@@ -8,7 +8,9 @@ Modules, one job each: ``protocol`` (limits, key syntax, frame decoding),
 ``auth`` (HS256 tokens), ``store`` (per-user state and threads, LRU-bounded),
 ``connections`` (writer per connection, registry, lifecycle), ``runs`` (agent
 runs and fan-out), ``metrics``, ``faults`` (deliberately broken stand-ins),
-``app`` (routes), ``__main__`` (command line).
+``dialect`` (the ``/ws`` wire format: AEP/1, or ``--dialect renamed`` with other
+field names and the token in a first message), ``app`` (routes), ``__main__``
+(command line).
 
 Where AEP/1 leaves room, this service decides (each decision is repeated in
 the module that implements it):

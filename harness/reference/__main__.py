@@ -22,6 +22,7 @@ from aiohttp import web
 from jwt.warnings import InsecureKeyLengthWarning
 
 from harness.reference.app import Service, Settings
+from harness.reference.dialect import DIALECTS
 from harness.reference.faults import FAULTS, conflict
 
 PROG = "python -m harness.reference"
@@ -98,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
         help="KiB kept per session by the session_leak fault (default 64)",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for think times")
+    parser.add_argument(
+        "--dialect",
+        choices=DIALECTS,
+        default="aep",
+        help="/ws wire format: aep (AEP/1, default) or renamed (other field names, "
+        "the token in the first message)",
+    )
     return parser
 
 
@@ -123,6 +131,7 @@ def parse_settings(argv: list[str]) -> tuple[Settings, str, int]:
         think_ms=args.think_ms,
         leak_kb=args.leak_kb,
         seed=args.seed,
+        dialect=args.dialect,
     )
     return settings, args.host, args.port
 

@@ -30,16 +30,14 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from harness.reference import faults as faults_module
 from harness.reference.auth import Identity, decode_token, token_from
 from harness.reference.connections import Connection
+from harness.reference.dialect import LOGIN_TIMEOUT_S, REFUSED_CLOSE_CODE, Renamed, dialect
 from harness.reference.metrics import CONTENT_TYPE_LATEST, Metrics
 from harness.reference.protocol import (
     MAX_BODY_BYTES,
     MAX_FRAME_BYTES,
-    PONG,
     BadFrame,
     Ping,
     UserMessage,
-    decode_frame,
-    error_frame,
     valid_key,
 )
 from harness.reference.runs import RunSpec
@@ -58,6 +56,7 @@ _ERROR_CODES = {
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_CLOSING = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +68,8 @@ class Settings:
     think_ms: tuple[int, int] = (2, 10)
     leak_kb: int = 64
     seed: int | None = None
+    #: The ``/ws`` wire format: ``aep`` or ``renamed`` (see :mod:`harness.reference.dialect`).
+    dialect: str = "aep"
 
 
 def json_response(status: int, obj: Any) -> web.Response:
@@ -91,12 +92,14 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self.dialect = dialect(settings.dialect)
         self.parts = faults_module.assemble(
             settings.faults,
             think_ms=settings.think_ms,
             leak_kb=settings.leak_kb,
             metrics=self.metrics,
             rng=random.Random(settings.seed),
+            encode_event=self.dialect.encode_event,
         )
 
     def application(self) -> web.Application:
@@ -120,7 +123,9 @@ class Service:
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Authenticate, bound the body, and turn every failure into a JSON error."""
         try:
-            if _needs_auth(request.path):
+            # The renamed dialect's /ws takes its token from the first message.
+            login = self.dialect.login and request.path == "/ws"
+            if _needs_auth(request.path) and not login:
                 token = token_from(
                     request.headers, request.query, allow_query=request.path == "/ws"
                 )
@@ -219,24 +224,54 @@ class Service:
         if not ws.can_prepare(request).ok:
             return error_response(400)
         await ws.prepare(request)
-        conn = self.parts.lifecycle.open(request[IDENTITY], ws)
+        user = request.get(IDENTITY)
+        if user is None:
+            user = await self._login(ws)
+            if user is None:
+                return ws
+        conn = self.parts.lifecycle.open(user, ws)
         try:
             # Bounded by the connection's life: ends on close, error or shutdown.
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT:
                     self._on_text(conn, msg.data)
                 elif msg.type is WSMsgType.BINARY:
-                    conn.send(error_frame("binary frames are not accepted; send JSON text"))
+                    conn.send(self.dialect.error("binary frames are not accepted; send JSON text"))
         finally:
             self.parts.lifecycle.close(conn)
         return ws
 
+    async def _login(self, ws: web.WebSocketResponse[Any]) -> Identity | None:
+        """The renamed dialect: the first frame must be a ``hello`` with a valid token."""
+        try:
+            msg = await ws.receive(timeout=LOGIN_TIMEOUT_S)
+        except TimeoutError:
+            why = f"no hello within {LOGIN_TIMEOUT_S:g}s"
+        else:
+            if msg.type in _CLOSING:
+                return None  # the client left before saying hello
+            token = Renamed.token_of(msg.data) if msg.type is WSMsgType.TEXT else None
+            user = decode_token(token, self.settings.jwt_secret) if token else None
+            if user is not None:
+                try:
+                    await ws.send_str(Renamed.ready(user.tenant, user.sub))
+                except ConnectionError:
+                    return None  # the client is gone already
+                return user
+            why = "unauthorized" if token else "expected hello with auth.bearer"
+        try:
+            await ws.send_str(Renamed.denied(why))
+            await ws.close(code=REFUSED_CLOSE_CODE, message=b"unauthorized")
+        except ConnectionError:
+            pass  # the client is gone already
+        return None
+
     def _on_text(self, conn: Connection, text: str) -> None:
-        frame = decode_frame(text)
+        frame = self.dialect.decode(text)
         if isinstance(frame, Ping):
-            conn.send(PONG)
+            conn.send(self.dialect.pong)
         elif isinstance(frame, BadFrame):
-            conn.send(error_frame(frame.reason))
+            conn.send(self.dialect.error(frame.reason))
         elif isinstance(frame, UserMessage):
             self._accept(conn, frame)
 

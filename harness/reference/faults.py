@@ -32,6 +32,7 @@ from harness.reference.connections import (
     SessionTable,
 )
 from harness.reference.metrics import Metrics
+from harness.reference.protocol import encode
 from harness.reference.runs import Event, Publisher, Runner, RunSpec, ThinkTime
 from harness.reference.store import (
     LocalStateBackend,
@@ -293,8 +294,10 @@ FLUSH_INTERVAL_S = 0.010
 class BatchingPublisher(Publisher):
     """Batches each user's events and flushes them every 10 ms; a re-publish replaces its copy."""
 
-    def __init__(self, registry: ConnectionRegistry) -> None:
-        super().__init__(registry)
+    def __init__(
+        self, registry: ConnectionRegistry, *, encode_event: Callable[[Event], str] = encode
+    ) -> None:
+        super().__init__(registry, encode_event=encode_event)
         self._pending: dict[Identity, dict[int, Event]] = {}
         self._flushes: dict[Identity, asyncio.TimerHandle] = {}
 
@@ -353,8 +356,15 @@ class HedgedRunner(Runner):
 class AuditedPublisher(Publisher):
     """Writes each event to the audit log, then publishes it, off the agent's critical path."""
 
-    def __init__(self, registry: ConnectionRegistry, think: ThinkTime, rng: random.Random) -> None:
-        super().__init__(registry)
+    def __init__(
+        self,
+        registry: ConnectionRegistry,
+        think: ThinkTime,
+        rng: random.Random,
+        *,
+        encode_event: Callable[[Event], str] = encode,
+    ) -> None:
+        super().__init__(registry, encode_event=encode_event)
         self._audit_latency_s = 3 * think.max_s + 0.005
         self._rng = rng
         self._tasks: set[asyncio.Task[None]] = set()
@@ -492,6 +502,7 @@ def assemble(
     leak_kb: int,
     metrics: Metrics,
     rng: random.Random,
+    encode_event: Callable[[Event], str] = encode,
 ) -> Parts:
     """Build the parts, choosing the faulty implementation for each fault in ``faults``.
 
@@ -524,11 +535,11 @@ def assemble(
 
     publisher: Publisher
     if on("lost_event"):
-        publisher = BatchingPublisher(registry)
+        publisher = BatchingPublisher(registry, encode_event=encode_event)
     elif on("out_of_order"):
-        publisher = AuditedPublisher(registry, think, rng)
+        publisher = AuditedPublisher(registry, think, rng, encode_event=encode_event)
     else:
-        publisher = Publisher(registry)
+        publisher = Publisher(registry, encode_event=encode_event)
 
     runner_class = Runner
     if on("singleton_emitter"):

@@ -62,6 +62,11 @@ def decode_frame(text: str) -> ClientFrame:
         obj: Any = orjson.loads(text)
     except orjson.JSONDecodeError:
         return BadFrame("frame is not valid JSON")
+    return decode_object(obj)
+
+
+def decode_object(obj: Any) -> ClientFrame:
+    """Decode an already-parsed client frame (see :func:`decode_frame`)."""
     if not isinstance(obj, dict):
         return BadFrame("frame is not a JSON object")
     kind = obj.get("type")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,12 +89,16 @@ class ThinkTime:
 class Publisher:
     """Sends an event to the connections its owner has open now."""
 
-    def __init__(self, registry: ConnectionRegistry) -> None:
+    def __init__(
+        self, registry: ConnectionRegistry, *, encode_event: Callable[[Event], str] = encode
+    ) -> None:
         self._registry = registry
+        #: Writes an event in the wire dialect (``--dialect``).
+        self._encode = encode_event
 
     def publish(self, owner: Identity, event: Event) -> None:
         """Fan ``event`` out to ``owner``'s open connections."""
-        frame = encode(event)
+        frame = self._encode(event)
         # AEP/1 §4: an event of user A's run is never sent on a connection of user B.
         for conn in self._registry.connections_of(owner):
             conn.send(frame, event=True)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
+from urllib.parse import quote
 
 from harness.errors import HarnessError
 
@@ -56,8 +58,26 @@ class Channel(Protocol):
 class Connector(Protocol):
     """Opens channels to the target."""
 
-    async def connect(self, url: str, *, token: str, token_in_query: bool = False) -> Channel:
+    async def connect(
+        self,
+        url: str,
+        *,
+        token: str | None,
+        token_in_query: bool = False,
+        query_param: str = "token",
+        headers: Mapping[str, str] | None = None,
+        subprotocols: Sequence[str] = (),
+    ) -> Channel:
         """Open a channel authenticated by ``token``.
+
+        Args:
+            url: the ``ws://``/``wss://`` URL.
+            token: sent as ``Authorization: Bearer <token>``, or as the query
+                parameter ``query_param`` when ``token_in_query``; ``None``
+                sends no credential (the caller carries it in ``headers``,
+                ``subprotocols`` or a first message).
+            headers: further handshake headers.
+            subprotocols: offered in ``Sec-WebSocket-Protocol``, in order.
 
         Raises:
             AuthRefused: the handshake was refused with 401/403.
@@ -93,6 +113,11 @@ class HttpClient(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+def add_query(url: str, name: str, value: str) -> str:
+    """``url`` with the query parameter ``name=value`` appended (both percent-encoded)."""
+    return f"{url}{'&' if '?' in url else '?'}{quote(name, safe='')}={quote(value, safe='')}"
 
 
 def make_ssl_context(*, ca_bundle: Path | None, insecure: bool) -> ssl.SSLContext:

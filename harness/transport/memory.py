@@ -8,11 +8,11 @@ server: it gets a :class:`ServerSide` per connection (``recv``/``send``/
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Literal
 
 from harness.errors import AuthRefused
-from harness.transport.base import Channel, ChannelClosed
+from harness.transport.base import Channel, ChannelClosed, add_query
 
 _EOF = object()
 
@@ -26,10 +26,25 @@ class _Pipe:
 class ServerSide:
     """The server's end of an in-memory connection."""
 
-    def __init__(self, to_client: _Pipe, to_server: _Pipe, token: str) -> None:
+    def __init__(
+        self,
+        to_client: _Pipe,
+        to_server: _Pipe,
+        token: str,
+        *,
+        url: str = "",
+        headers: Mapping[str, str] | None = None,
+        subprotocols: Sequence[str] = (),
+    ) -> None:
         self._out = to_client
         self._in = to_server
+        #: The bearer token (header or query), or "" when the client sent none.
         self.token = token
+        #: The URL, query included, the client connected to.
+        self.url = url
+        #: The extra handshake headers and the offered subprotocols.
+        self.headers = dict(headers or {})
+        self.subprotocols = tuple(subprotocols)
 
     async def send(self, text: str, *, binary: bool = False) -> None:
         await self._out.queue.put((text, binary))
@@ -96,11 +111,29 @@ class MemoryConnector:
         self._accept = accept
         self.tasks: list[asyncio.Task[None]] = []
 
-    async def connect(self, url: str, *, token: str, token_in_query: bool = False) -> Channel:
-        if not self._accept(token):
+    async def connect(
+        self,
+        url: str,
+        *,
+        token: str | None,
+        token_in_query: bool = False,
+        query_param: str = "token",
+        headers: Mapping[str, str] | None = None,
+        subprotocols: Sequence[str] = (),
+    ) -> Channel:
+        # ``accept`` judges a bearer token; credentials carried otherwise are the handler's.
+        if token is not None and not self._accept(token):
             raise AuthRefused(url, "the WebSocket handshake was refused (401)")
+        if token is not None and token_in_query:
+            url = add_query(url, query_param, token)
         to_client, to_server = _Pipe(), _Pipe()
-        self.tasks.append(
-            asyncio.create_task(self._handler(ServerSide(to_client, to_server, token)))
+        server = ServerSide(
+            to_client,
+            to_server,
+            token or "",
+            url=url,
+            headers=headers,
+            subprotocols=subprotocols,
         )
+        self.tasks.append(asyncio.create_task(self._handler(server)))
         return MemoryChannel(to_client, to_server)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from urllib.parse import quote
+from collections.abc import Mapping, Sequence
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.typing import Subprotocol
 
 from harness.errors import AuthRefused, TargetError, TargetUnreachable
-from harness.transport.base import Channel, ChannelClosed
+from harness.transport.base import Channel, ChannelClosed, add_query
 
 MAX_FRAME_BYTES = 1 << 20
 """Frames over 1 MiB close the connection (1009) instead of filling memory."""
@@ -74,17 +75,27 @@ class WebSocketConnector:
         self._ssl = ssl_context
         self._timeout = open_timeout_s
 
-    async def connect(self, url: str, *, token: str, token_in_query: bool = False) -> Channel:
-        headers = {}
-        if token_in_query:
-            url += ("&" if "?" in url else "?") + "token=" + quote(token, safe="")
-        else:
-            headers["Authorization"] = f"Bearer {token}"
+    async def connect(
+        self,
+        url: str,
+        *,
+        token: str | None,
+        token_in_query: bool = False,
+        query_param: str = "token",
+        headers: Mapping[str, str] | None = None,
+        subprotocols: Sequence[str] = (),
+    ) -> Channel:
+        sent = dict(headers or {})
+        if token is not None and token_in_query:
+            url = add_query(url, query_param, token)
+        elif token is not None:
+            sent["Authorization"] = f"Bearer {token}"
         target = url.split("?", 1)[0]
         try:
             ws = await connect(
                 url,
-                additional_headers=headers,
+                additional_headers=sent,
+                subprotocols=[Subprotocol(name) for name in subprotocols] or None,
                 max_size=MAX_FRAME_BYTES,
                 open_timeout=self._timeout,
                 ssl=self._ssl if url.startswith("wss:") else None,
