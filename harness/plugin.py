@@ -35,11 +35,18 @@ CONFIG_HELP = (
 )
 
 
+SCENARIOS_HELP = (
+    "this folder holds isolation scenarios: under pytest-xdist (-n N) the controller starts "
+    "the isoharness session even when no isoharness setting is given"
+)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("isoharness", "isoharness: multi-tenant isolation checks")
     for spec in OPTIONS:
         group.addoption(spec.flag, **flag_arguments(spec, dest=f"isoharness_{spec.name}"))
     group.addoption("--isoharness-config", dest="isoharness_config", default=None, help=CONFIG_HELP)
+    parser.addini("isoharness_scenarios", SCENARIOS_HELP, type="bool", default=False)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -63,6 +70,8 @@ class HarnessPlugin:
         self.summary_path: Path | None = None
         self._settings: Settings | None = None
         self.verdict: str | None = None
+        self._worker_index: dict[str, int] = {}
+        self._worker_failure: Exception | None = None
 
     def settings(self) -> Settings:
         """The resolved settings, with the seed fixed at first use (so the header shows it)."""
@@ -88,20 +97,15 @@ class HarnessPlugin:
 
     def ensure_started(self) -> Session:
         """Start the session on first use; configuration or target trouble ends pytest."""
+        if self._worker_failure is not None:
+            raise self._worker_failure
         if self.session is not None:
             return self.session
+        if hasattr(self.config, "workerinput"):
+            return self._join_controller()
         if self.started:
             pytest.exit("isoharness: the session failed to start (see above)", returncode=3)
         self.started = True
-        if hasattr(self.config, "workerinput"):
-            from harness.errors import UsageError
-
-            # Raised in each scenario's setup, so the reason shows on every item.
-            self.started = False
-            raise UsageError(
-                "distributed runs (pytest-xdist -n) are not supported yet: each worker "
-                "would start its own session; run the scenarios with -n0"
-            )
         from harness.errors import ConfigError, HarnessError, TargetError
         from harness.session import Session
 
@@ -115,6 +119,10 @@ class HarnessPlugin:
             command=os.environ.get("ISOHARNESS_COMMAND")
             or " ".join(["pytest", *self.config.invocation_params.args]),
         )
+        if self.config.pluginmanager.hasplugin("dsession"):
+            from harness.distributed import Workers
+
+            session.workers = Workers()
         _terminate_as_interrupt()
         try:
             session.start()
@@ -143,6 +151,120 @@ class HarnessPlugin:
         session.on_progress = self.progress
         return session
 
+    # -- distributed runs (pytest-xdist) ----------------------------------------------------------
+
+    def in_play(self) -> bool:
+        """Whether this pytest run uses isoharness: a setting from a flag, the environment or
+        ``isoharness.toml``, or ``isoharness run``. Under pytest-xdist the controller starts
+        the session before any scenario is collected, so it asks this instead (or the
+        ``isoharness_scenarios`` ini key of the scenarios' folder)."""
+        if "ISOHARNESS_COMMAND" in os.environ or self.config.option.isoharness_config:
+            return True
+        if self.config.getini("isoharness_scenarios"):
+            return True
+        if any(v is not None for v in self.cli_values().values()):
+            return True
+        if any(spec.env and os.environ.get(spec.env, "").strip() for spec in OPTIONS):
+            return True
+        return (Path(self.config.invocation_params.dir) / "isoharness.toml").is_file()
+
+    def start_controller(self) -> None:
+        """The controller of a distributed run: the session, the embedded service and the
+        memory monitor run here, once; the workers drive the users."""
+        s = self.settings()
+        if s.target_url is None and s.jwt_secret is None:
+            # The embedded service's secret, which the workers must mint tokens with.
+            self._settings = dataclasses.replace(s, jwt_secret=secrets.token_urlsafe(32))
+        try:
+            self.ensure_started()
+        except pytest.exit.Exception:
+            # pytest_sessionfinish never runs after an exit from pytest_sessionstart.
+            if self.session is not None and self.session.run is not None:
+                self.summary_path = self.session.finish()[1]
+            raise
+
+    def worker_input(self, worker: str, count: int) -> dict[str, Any]:
+        """What a worker needs to join the run (sent through xdist's ``workerinput``; the
+        secret is never written anywhere)."""
+        session = self.session
+        assert session is not None
+        assert session.run is not None
+        index = self._worker_index.setdefault(worker, len(self._worker_index) % count)
+        return {
+            "run_id": session.run_id,
+            "run_key": session.run_key.hex(),
+            "seed": session.seed,
+            "report_dir": str(session.report_dir.absolute()),
+            "target_url": session.run.target.base_url,
+            "embedded": session.embedded is not None,
+            "settings": session.settings.public_dict(),
+            "jwt_secret": session.settings.jwt_secret,
+            "index": index,
+            "count": count,
+            "command": session.command,
+        }
+
+    def _join_controller(self) -> Session:
+        """A worker: join the controller's run with this worker's share of the users."""
+        from harness.errors import HarnessError, TargetError, UsageError
+
+        if self._worker_failure is not None:
+            raise self._worker_failure
+        workerinput: dict[str, Any] = self.config.workerinput  # type: ignore[attr-defined]
+        info = workerinput.get(XDIST_KEY)
+        if info is None:
+            raise UsageError(
+                "this pytest-xdist worker got no isoharness session from the controller, which "
+                "starts one only when an isoharness setting is given (a flag such as "
+                "--target-url or --users, an ISOHARNESS_* variable, isoharness.toml); "
+                "run `isoharness run -- -n N`, or run the scenarios with -n0"
+            )
+        from harness.distributed import Shard
+        from harness.session import Session
+        from harness.settings import resolve_settings
+
+        worker = str(workerinput["workerid"])
+        report_dir = Path(info["report_dir"]) / worker
+        try:
+            report_dir.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            # Another machine (--tx ssh=…), where the controller's path cannot be made.
+            report_dir = Path.cwd() / "reports" / info["run_id"] / worker
+        values = dict(info["settings"]) | {
+            "target_url": info["target_url"],
+            "jwt_secret_file": None,
+            "memory_source": "none",
+            "report_dir": str(report_dir),
+        }
+        if info["embedded"]:
+            values["credentials"] = "jwt"
+        self.started = True
+        session: Session | None = None
+        try:
+            settings = resolve_settings(values, env={}, cwd=Path(self.config.invocation_params.dir))
+            settings = dataclasses.replace(settings, jwt_secret=info["jwt_secret"])
+            session = Session(settings, cwd=Path.cwd(), command=info["command"])
+            session.worker = True
+            session.run_id = info["run_id"]
+            session.run_key = bytes.fromhex(info["run_key"])
+            session.seed = info["seed"]
+            session.shard = Shard(info["index"], info["count"])
+            session.resources_judged = True  # at the controller, after every worker is done
+            _terminate_as_interrupt()
+            session.start()
+        except HarnessError as exc:
+            # Raised in each scenario's setup (so the reason shows on every item) and
+            # in the worker's summary, which the controller merges.
+            self._worker_failure = exc
+            if session is not None and session.run is not None:
+                self.session = session
+                session.target_unusable = isinstance(exc, TargetError)
+                session.run.error("target_unusable", f"{worker}: {exc}")
+            raise
+        self.session = session
+        session.on_progress = self.progress
+        return session
+
     def progress(self, line: str) -> None:
         """Write a progress line now, past pytest's output capture."""
         capture = self.config.pluginmanager.getplugin("capturemanager")
@@ -160,6 +282,8 @@ class HarnessPlugin:
 
 
 PLUGIN_KEY = pytest.StashKey[HarnessPlugin]()
+XDIST_KEY = "isoharness"
+"""The key of isoharness's entries in xdist's ``workerinput`` and ``workeroutput``."""
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -214,7 +338,7 @@ def pytest_runtest_makereport(
         return report
     run = plugin.session.run
     from harness.errors import IsolationViolation
-    from harness.scenario import Inconclusive
+    from harness.scenario import Inconclusive, NotApplicable
     from harness.types import ScenarioId
 
     if item.nodeid not in run.scenarios:
@@ -226,6 +350,13 @@ def pytest_runtest_makereport(
             report.outcome = "skipped"
             report.longrepr = (str(item.path), item.location[1] or 0, str(call.excinfo.value))
             result.outcome = "inconclusive"
+        elif call.excinfo is not None and call.excinfo.errisinstance(NotApplicable):
+            # The target's protocol cannot do what the scenario needs: a skip
+            # that says why, neither a failure nor a missing condition.
+            report.outcome = "skipped"
+            report.longrepr = (str(item.path), item.location[1] or 0, str(call.excinfo.value))
+            result.outcome = "skipped"
+            result.notes.append(str(call.excinfo.value))
         elif report.passed:
             result.outcome = "passed"
         elif call.excinfo is not None and call.excinfo.errisinstance(IsolationViolation):
@@ -255,7 +386,63 @@ _CURRENT: list[HarnessPlugin] = []
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    _CURRENT[:] = [session.config.stash[PLUGIN_KEY]]
+    plugin = session.config.stash[PLUGIN_KEY]
+    _CURRENT[:] = [plugin]
+    if session.config.pluginmanager.hasplugin("dsession") and plugin.in_play():
+        # Before xdist starts its workers (its pytest_sessionstart is trylast):
+        # they need the target, the run key and the seed from here.
+        plugin.start_controller()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Under pytest-xdist every worker runs every scenario with its share of the users."""
+    option = config.option
+    distributing = getattr(option, "numprocesses", None) or getattr(option, "tx", None)
+    if not distributing or hasattr(config, "workerinput"):
+        return
+    if not HarnessPlugin(config).in_play():
+        return
+    if option.dist not in ("no", "each") or getattr(option, "distload", False):
+        raise pytest.UsageError(
+            f"--dist {'load' if option.distload else option.dist} is incompatible with "
+            "isoharness: every worker runs every scenario with its share of the users; "
+            "use --dist each or leave --dist out"
+        )
+    option.dist = "each"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist, at the controller: hand each worker the run it joins."""
+    plugin = node.config.stash.get(PLUGIN_KEY, None)
+    if plugin is None or plugin.session is None or plugin.session.run is None:
+        return
+    node.workerinput[XDIST_KEY] = plugin.worker_input(
+        str(node.workerinput["workerid"]), int(node.workerinput["workercount"])
+    )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """xdist, at the controller: a worker is done; keep its summary for the merge."""
+    plugin = node.config.stash.get(PLUGIN_KEY, None)
+    if plugin is None or plugin.session is None or plugin.session.workers is None:
+        return
+    import orjson
+
+    worker = str(node.gateway.id)
+    output = (getattr(node, "workeroutput", None) or {}).get(XDIST_KEY)
+    if output is None:
+        if worker not in plugin.session.workers.lost:
+            plugin.session.workers.lost.append(worker)
+    elif output["summary"] is not None:
+        plugin.session.workers.finished(worker, orjson.loads(output["summary"]), output["users"])
+    elif output.get("failure"):
+        plugin.session.workers.failed[worker] = output["failure"]
+    from harness.types import Verdict
+
+    plugin.session.write_summary(Verdict.INTERRUPTED, final=False)
 
 
 def _plugin_of_running_session() -> HarnessPlugin | None:
@@ -270,6 +457,15 @@ def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> N
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     plugin = session.config.stash.get(PLUGIN_KEY, None)
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        # No scenario ran here, or the worker could not join the run.
+        failure = None if plugin is None else plugin._worker_failure
+        workeroutput[XDIST_KEY] = {
+            "summary": None,
+            "users": [],
+            "failure": None if failure is None else str(failure),
+        }
     if plugin is None or plugin.session is None or plugin.session.run is None:
         return
     from harness.run import EXIT_CODES
@@ -278,9 +474,25 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     verdict, path = plugin.session.finish(interrupted=interrupted)
     plugin.summary_path = path
     plugin.verdict = str(verdict)
+    if workeroutput is not None:
+        # A worker: the controller merges this summary into the run's.
+        workeroutput[XDIST_KEY] = {
+            "summary": path.read_text(),
+            "users": [str(user) for user in plugin.session.run.canaries.minted()],
+        }
     if exitstatus in (pytest.ExitCode.INTERNAL_ERROR, pytest.ExitCode.USAGE_ERROR):
         return
     session.exitstatus = EXIT_CODES[verdict]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The controller of a distributed run whose workers never started: stop the embedded
+    service and leave a final summary (pytest_sessionfinish did not run)."""
+    plugin = config.stash.get(PLUGIN_KEY, None)
+    if plugin is None or plugin.session is None or plugin.session.run is None:
+        return
+    if plugin.summary_path is None and plugin.session.workers is not None:
+        _, plugin.summary_path = plugin.session.finish(error="pytest-xdist's workers did not start")
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -65,7 +65,7 @@ _RUN_LABELS = {
     "started_at": "Started",
     "finished_at": "Finished",
 }
-_TARGET_KEYS = ("url", "embedded", "faults")
+_TARGET_KEYS = ("url", "adapter", "embedded", "faults")
 _TARGET_LABELS = {"url": "URL", "faults": "Injected faults"}
 _COUNT_LABELS = {"http_probes": "HTTP probes"}
 _VIOLATION_KEYS = ("kind", "scenario", "victim", "owner", "crosses_tenant", "detail", "evidence")
@@ -121,7 +121,12 @@ def render_report(report_dir: Path, *, out_name: str = "report.html") -> Path:
     timeline = _read_timeline(report_dir / "timeline.jsonl")
     # Seed the latency reservoir from the run, so a report re-renders identically.
     seed = _mapping(summary.get("run")).get("seed")
-    events = _read_events(report_dir / "events.jsonl", seed=seed if isinstance(seed, int) else 0)
+    # A distributed run: each worker recorded its own users' events in its folder.
+    workers = [_text(w.get("id")) for w in _sequence(summary.get("workers")) if isinstance(w, dict)]
+    paths = [report_dir / w / "events.jsonl" for w in workers if w.isalnum()]
+    events = _read_events(
+        paths or [report_dir / "events.jsonl"], seed=seed if isinstance(seed, int) else 0
+    )
     context = _context(summary, summary_input, timeline, events)
     page = _environment().get_template("report.html.j2").render(context)
 
@@ -251,13 +256,15 @@ def _read_timeline(path: Path) -> _Timeline:
     return _Timeline(info, memory.items(), idle.items())
 
 
-def _read_events(path: Path, *, seed: int) -> _Events:
-    info = InputFile(path.name)
+def _read_events(paths: Sequence[Path], *, seed: int) -> _Events:
+    info = InputFile(
+        paths[0].name if len(paths) == 1 else ", ".join(f"{p.parent.name}/{p.name}" for p in paths)
+    )
     rates = RateHistogram(MAX_CHART_POINTS)
     latency = LatencyTracker(seed=seed)
     kinds: Counter[str] = Counter()
     bad_frames = 0
-    for record in _json_lines(path, info):
+    for record in (r for path in paths for r in _json_lines(path, info)):
         kind = record.get("k")
         kind = kind if isinstance(kind, str) else "(none)"
         kinds[kind if kind in kinds or len(kinds) < _MAX_KINDS else "(other)"] += 1
@@ -381,6 +388,16 @@ def _context(
         Row("Seed", _identifier(run.get("seed")), mono=True),
         Row("Target", _text(target.get("url")), mono=True),
         Row("Duration", _seconds(run.get("duration_s"))),
+        Row(
+            "Workers",
+            " · ".join(
+                f"{_text(w.get('id'))} {_text(w.get('verdict'), 'lost')}"
+                + (f" (events: {_text(w.get('events'))})" if w.get("events") else "")
+                for w in _sequence(summary.get("workers"))
+                if isinstance(w, dict)
+            )
+            or "—",
+        ),
     ]
     return {
         "title": f"isoharness report {_text(run.get('id'), '')}".strip(),
