@@ -47,6 +47,7 @@ sys.path.insert(0, str(HERE))
 from compare import SECRET, TENANTS, raise_fd_limit  # noqa: E402
 
 from harness import workloads  # noqa: E402
+from harness.adapters.aep import AepAdapter  # noqa: E402
 from harness.credentials import JwtCredentials  # noqa: E402
 from harness.run import Run, Target  # noqa: E402
 from harness.safety import Redactor  # noqa: E402
@@ -88,7 +89,7 @@ async def bench(url: str, args: argparse.Namespace, report_dir: Path) -> dict[st
     env = workloads.Env(
         run=run,
         scenario=ScenarioId("bench/capacity"),
-        connector=connector,
+        adapter=AepAdapter(connector, url),
         http=NoHttp(),  # type: ignore[arg-type]
         credentials=JwtCredentials(SECRET),
         base_url=url,

@@ -273,6 +273,7 @@ def harness_client(url: str, users: int, messages: int, transport: str) -> None:
     import resource
 
     from harness import workloads
+    from harness.adapters.aep import AepAdapter
     from harness.credentials import JwtCredentials
     from harness.run import Run, Target
     from harness.safety import Redactor
@@ -311,7 +312,7 @@ def harness_client(url: str, users: int, messages: int, transport: str) -> None:
         env = workloads.Env(
             run=run,
             scenario=ScenarioId("bench/compare"),
-            connector=connector,
+            adapter=AepAdapter(connector, url),
             http=NoHttp(),  # type: ignore[arg-type]
             credentials=JwtCredentials(SECRET),
             base_url=url,
@@ -335,8 +336,14 @@ def harness_client(url: str, users: int, messages: int, transport: str) -> None:
         await asyncio.gather(*(one(user) for user in sims))
         run.finish_lifecycles()
         after = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        return {"cpu_s": cpu, "elapsed_s": time.monotonic() - began}
+        user = after.ru_utime - before.ru_utime
+        system = after.ru_stime - before.ru_stime
+        return {
+            "cpu_s": user + system,
+            "user_s": user,
+            "sys_s": system,
+            "elapsed_s": time.monotonic() - began,
+        }
 
     profile = os.environ.get("BENCH_PROFILE")
     if profile:  # BENCH_PROFILE=out.prof: cProfile the harness client
@@ -631,7 +638,8 @@ def measure(tool: str, args: argparse.Namespace) -> Sample:
             note = (
                 f"harness saw {extra.get('events')} events, {extra.get('lines')} lines, "
                 f"violations {extra.get('violations')}, errors {extra.get('errors')}, "
-                f"own CPU window {extra.get('cpu_s', 0):.2f}s, "
+                f"own CPU window {extra.get('cpu_s', 0):.2f}s "
+                f"(user {extra.get('user_s', 0):.2f}, system {extra.get('sys_s', 0):.2f}), "
                 f"redaction gate {'on' if extra.get('redaction_gate') else 'off'}"
             )
         if not ok:

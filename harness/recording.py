@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
@@ -105,8 +105,44 @@ class HttpExchange:
 Record = Received | Sent | Opened | Closed | HttpExchange
 
 
+@dataclass(frozen=True, slots=True)
+class ReceivedBatch:
+    """Frames one connection received in one read of its socket, in order.
+
+    The same facts as one :class:`Received` per frame (:meth:`records` builds
+    them), with the time taken once: the frames arrived together. Recorders
+    and oracles take a batch to pay their fixed costs once per read, not once
+    per frame.
+    """
+
+    scenario: ScenarioId
+    receiver: UserKey
+    connection: ConnectionId
+    mono: float
+    wall: float
+    received: Sequence[tuple[str, bool]]
+    """``(raw text, binary)`` of each frame, as the transport delivered it."""
+    frames: Sequence[Frame]
+    """Each frame decoded by the codec, in the same order."""
+
+    def record(self, index: int) -> Received:
+        """The :class:`Received` of frame ``index``."""
+        raw, binary = self.received[index]
+        frame = self.frames[index]
+        return Received(
+            self.scenario, self.receiver, self.connection, self.mono, self.wall, raw, frame, binary
+        )
+
+    def records(self) -> Iterator[Received]:
+        return (self.record(index) for index in range(len(self.received)))
+
+
 class RecordSink(Protocol):
-    """Anything that takes records: the run (which fans out), a list in tests."""
+    """Anything that takes records: the run (which fans out), a list in tests.
+
+    A sink with a ``record_batch(batch: ReceivedBatch)`` method (the run) gets
+    each read's frames at once; any other gets one :class:`Received` per frame.
+    """
 
     def record(self, rec: Record) -> None: ...
 
@@ -212,7 +248,9 @@ class EventLog:
             ``redact`` would change (a necessary condition, such as "contains
             a secret's first characters"); lines it clears are written as they
             are, which spares the full redaction pass on nearly every frame.
-            ``None``: every line goes through ``redact``.
+            It must also hold for any text that contains a text it holds for
+            (a substring test does): :meth:`write_batch` asks it once about a
+            whole batch of lines. ``None``: every line goes through ``redact``.
         flush_interval_s: the most a killed run can lose.
 
     Lines go through a large write buffer; the flush interval, not the
@@ -260,6 +298,55 @@ class EventLog:
             if now - self._last_flush >= self._interval:
                 self._file.flush()
                 self._last_flush = now
+
+    def write_batch(self, batch: ReceivedBatch) -> None:
+        """Append one line per frame of ``batch``: the lines :meth:`write` gives each
+        :class:`Received`, byte for byte, built from one serialised head.
+
+        The redaction pre-check runs once on the whole batch; only when it
+        fires is each line checked and redacted on its own.
+        """
+        receiver = batch.receiver
+        head = orjson.dumps(
+            {
+                "k": "recv",
+                "t": batch.wall,
+                "m": round(batch.mono, 6),
+                "scenario": batch.scenario,
+                "user": f"{receiver.tenant}/{receiver.user}",
+                "conn": batch.connection,
+                "raw": "",
+            }
+        )[:-3]  # ends with '"raw":'; each frame adds its raw text and the '}'
+        dumps = orjson.dumps
+        lines = [
+            head + dumps(raw) + b"}\n"
+            if not binary and len(raw) <= RAW_LIMIT
+            else dumps(to_json(batch.record(index))) + b"\n"
+            for index, (raw, binary) in enumerate(batch.received)
+        ]
+        data = b"".join(lines)
+        redact = self._redact
+        if redact is not None:
+            needs = self._needs
+            if needs is None or needs(data.decode()):
+                data = b"".join(self._redacted(line[:-1].decode()) for line in lines)
+        with self._lock:
+            if self._file is None:
+                return
+            self._file.write(data)
+            self.lines += len(lines)
+            now = time.monotonic()
+            if now - self._last_flush >= self._interval:
+                self._file.flush()
+                self._last_flush = now
+
+    def _redacted(self, text: str) -> bytes:
+        """One line of :meth:`write_batch`, as :meth:`write_obj` redacts it."""
+        assert self._redact is not None
+        if self._needs is None or self._needs(text):
+            text = self._redact(text)
+        return text.encode() + b"\n"
 
     def flush(self) -> None:
         with self._lock:

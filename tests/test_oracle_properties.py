@@ -22,12 +22,12 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.aep import LIFECYCLE, parse_frame
+from harness.aep import LIFECYCLE, parse_frame, parse_object
 from harness.canary import CanaryBook
 from harness.findings import Finding
 from harness.oracles.cross_delivery import CrossDeliveryOracle
 from harness.oracles.lifecycle import LifecycleOracle
-from harness.recording import Closed, Received, Sent
+from harness.recording import Closed, Received, ReceivedBatch, Sent
 from harness.types import ConnectionId, DeliveryPolicy, ScenarioId, TenantId, UserId, UserKey
 
 SCENARIO = ScenarioId("tests/test_oracle_properties.py")
@@ -347,3 +347,140 @@ def test_dropping_any_one_event_yields_exactly_one_lost_event_for_that_run(plan,
     assert str(finding.kind) == "lost_event"
     assert finding.evidence["message_id"] == plan.runs[run][2]
     assert finding.victim == plan.runs[run][0]
+
+
+# -- a read's frames at once: the same findings as one by one ---------------------------------
+
+# Alice's events with seqs and types near the right ones: in order, repeated, skipped.
+nearly_right = st.builds(
+    lambda message_id, kind, seq, run_id: (
+        orjson.dumps(
+            {
+                "type": kind,
+                "user_id": ALICE.user,
+                "tenant_id": ALICE.tenant,
+                "thread_id": "main",
+                "message_id": message_id,
+                "run_id": run_id,
+                "seq": seq,
+                "data": {},
+            }
+        ).decode(),
+        False,
+    ),
+    st.sampled_from(MESSAGE_IDS),
+    st.sampled_from(LIFECYCLE),
+    st.integers(0, 6),
+    st.sampled_from(["r1", "r1", "r1", "r2"]),
+)
+batch_actions = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("batch"),
+            st.sampled_from(["c1", "c2"]),
+            st.sampled_from([ALICE, ALICE, *USERS]),
+            st.lists(frames | nearly_right | nearly_right, max_size=6),
+        ),
+        st.tuples(st.just("sent"), st.sampled_from(["c1", "c2"]), st.sampled_from(MESSAGE_IDS)),
+        st.tuples(st.just("sweep"), st.floats(0, 100)),
+        st.tuples(st.just("close"), st.sampled_from(["c1", "c2"])),
+    ),
+    max_size=16,
+)
+
+
+def canonical(findings: list[Finding]) -> list[bytes]:
+    return sorted(orjson.dumps(f.to_json(), option=orjson.OPT_SORT_KEYS) for f in findings)
+
+
+@PROPERTIES
+@given(batch_actions, st.floats(0, 200), st.sampled_from(list(DeliveryPolicy)))
+def test_a_batch_of_frames_yields_what_its_frames_yield_one_by_one(actions, end, policy):
+    one, batched = (
+        CrossDeliveryOracle(BOOK, policy=policy, seed=1),
+        CrossDeliveryOracle(BOOK, policy=policy, seed=1),
+    )
+    by_frame = LifecycleOracle(timeout_s=10.0, settle_s=1.0, seed=1)
+    by_batch = LifecycleOracle(timeout_s=10.0, settle_s=1.0, seed=1)
+    by_frame._in_order = False  # noqa: SLF001 - the reference: every sweep walks every run
+    expected: list[Finding] = []
+    got: list[Finding] = []
+    for mono, action in enumerate(actions):
+        match action:
+            case ("batch", conn, receiver, batch_frames):
+                records = [
+                    received(receiver, raw, conn=conn, mono=mono, binary=binary)
+                    for raw, binary in batch_frames
+                ]
+                for rec in records:
+                    expected += one.check(rec)
+                    expected += by_frame.on_received(rec)
+                batch = ReceivedBatch(
+                    SCENARIO,
+                    receiver,
+                    ConnectionId(conn),
+                    mono,
+                    1.7e9 + mono,
+                    batch_frames,
+                    [rec.frame for rec in records],
+                )
+                got += batched.check_batch(batch)
+                got += by_batch.on_batch(batch)
+            case ("sent", conn, message_id):
+                by_frame.on_sent(sent(ALICE, message_id, conn=conn, mono=mono))
+                by_batch.on_sent(sent(ALICE, message_id, conn=conn, mono=mono))
+            case ("sweep", now):
+                expected += by_frame.sweep(now)
+                got += by_batch.sweep(now)
+            case ("close", conn):
+                expected += by_frame.on_closed(closed(ALICE, conn=conn, mono=mono))
+                got += by_batch.on_closed(closed(ALICE, conn=conn, mono=mono))
+        assert canonical(got) == canonical(expected)
+    expected += by_frame.finish(end)
+    got += by_batch.finish(end)
+    assert canonical(got) == canonical(expected)
+    counts = ("completed", "cut", "abandoned", "unresponsive")
+    assert [getattr(by_batch, c) for c in counts] == [getattr(by_frame, c) for c in counts]
+
+
+@PROPERTIES
+@given(plans(), st.integers(1, 6))
+def test_complete_runs_read_in_batches_yield_no_finding(plan, size):
+    cross = cross_oracle()
+    lifecycle = LifecycleOracle(timeout_s=1e9, settle_s=0.0, seed=1)
+    position = [0] * len(plan.runs)
+    for owner, conn, message_id, _ in plan.runs:
+        lifecycle.on_sent(sent(owner, message_id, conn=conn, mono=0.0))
+    findings: list[Finding] = []
+    pending: dict[str, list[tuple[str, bool]]] = {}
+    owners = {run[1]: run[0] for run in plan.runs}
+    for step, index in enumerate(plan.order):
+        owner, conn, message_id, kinds = plan.runs[index]
+        n = position[index]
+        position[index] += 1
+        raw = orjson.dumps(event(owner, message_id, kinds[n], n + 1)).decode()
+        pending.setdefault(conn, []).append((raw, False))
+        if len(pending[conn]) >= size or step == len(plan.order) - 1:
+            for c, batch_frames in pending.items():
+                batch = ReceivedBatch(
+                    SCENARIO,
+                    owners[c],
+                    ConnectionId(c),
+                    float(step),
+                    1.7e9,
+                    batch_frames,
+                    [parse_frame(raw) for raw, _ in batch_frames],
+                )
+                findings += cross.check_batch(batch)
+                findings += lifecycle.on_batch(batch)
+            pending = {}
+    for conn in owners:
+        findings += lifecycle.finish_connection(ConnectionId(conn), len(plan.order) + 1.0)
+    assert findings == []
+    assert lifecycle.completed == len(plan.runs)
+
+
+@PROPERTIES
+@given(well_formed | event_like)
+def test_the_event_fast_path_decodes_as_parse_object(obj):
+    assert parse_frame(dumps(obj)) == parse_object(orjson.loads(dumps(obj)))

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from harness.errors import TargetError
 from harness.transport.base import make_ssl_context
+from harness.transport.fast import FastConnector
 from harness.transport.http import AiohttpClient
 from harness.transport.websocket import WebSocketConnector
 
@@ -85,17 +86,18 @@ def test_insecure_skips_verification_when_asked_explicitly(certificate):
     assert http_get(certificate, ca_bundle=None, insecure=True) == "ok"
 
 
-def test_wss_is_verified_too(certificate):
+@pytest.mark.parametrize("connector", [WebSocketConnector, FastConnector])
+def test_wss_is_verified_too(certificate, connector):
     async def client(port: int) -> tuple[object, str]:
         url = f"wss://127.0.0.1:{port}/ws"
-        strict = WebSocketConnector(ssl_context=make_ssl_context(ca_bundle=None, insecure=False))
+        strict = connector(ssl_context=make_ssl_context(ca_bundle=None, insecure=False))
         try:
             await strict.connect(url, token="t")
             refused: object = None
         except TargetError as exc:
             refused = exc
         trusted = make_ssl_context(ca_bundle=certificate[0], insecure=False)
-        channel = await WebSocketConnector(ssl_context=trusted).connect(url, token="t")
+        channel = await connector(ssl_context=trusted).connect(url, token="t")
         text, _ = await channel.recv()
         await channel.close()
         return refused, text

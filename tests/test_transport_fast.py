@@ -18,8 +18,12 @@ import pytest
 from e2e_helpers import SECRET, seconds
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
 
+from harness.adapters import AdapterContext
+from harness.adapters.aep import aep_via
 from harness.credentials import JwtCredentials
 from harness.embedded import EmbeddedService
 from harness.errors import AuthRefused, TargetError, TargetUnreachable
@@ -370,9 +374,8 @@ def chat_scenario(service: EmbeddedService, report_dir: Path) -> Scenario:
         lifecycle_timeout_s=5.0,
     )
     wiring = Wiring(
-        base_url=service.url,
-        ws_url=run_.target.ws_url,
-        connector=lambda: FastConnector(open_timeout_s=seconds(5)),
+        context=AdapterContext(base_url=service.url, ws_url=run_.target.ws_url),
+        adapter=aep_via(lambda: FastConnector(open_timeout_s=seconds(5))),
         http=AiohttpClient,
         credentials=JwtCredentials(SECRET),
     )
@@ -409,3 +412,217 @@ def test_a_chat_over_the_fast_transport_finds_the_singleton_emitter_leak(
         assert harness.run.finding_counts[str(ViolationKind.CROSS_DELIVERY)] > 0
     finally:
         harness.run.close()
+
+
+# -- the pump's own frame parser, against a scripted server --------------------------------------
+
+
+def frame(first: int, payload: bytes, *, mask: bytes | None = None) -> bytes:
+    """A server frame: RFC 6455 §5.2, byte 0 given (FIN, RSV, opcode), any length form."""
+    length = len(payload)
+    if length < 126:
+        head = bytes((first, length))
+    elif length < 65536:
+        head = bytes((first, 126)) + length.to_bytes(2, "big")
+    else:
+        head = bytes((first, 127)) + length.to_bytes(8, "big")
+    if mask is None:
+        return head + payload
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes((head[0], head[1] | 0x80)) + head[2:] + mask + masked
+
+
+async def scripted(
+    chunks: list[bytes],
+    body: Callable[[str], Awaitable[None]],
+    *,
+    with_response: bool = False,
+    wire: bytearray | None = None,
+    hang_up: bool = False,
+) -> list[Frame]:
+    """Run ``body(url)`` against a server that answers the handshake, then writes
+    ``chunks`` one read at a time (``with_response``: the first goes out with the
+    101); returns the frames the client sent (their bytes go to ``wire``).
+    ``hang_up``: close the TCP connection right after the last chunk."""
+    received: list[Frame] = []
+    done = asyncio.Event()
+
+    async def serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await talk(reader, writer)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+            done.set()
+
+    async def talk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ws = ServerProtocol()
+        events: list[object] = []
+        while not events:
+            ws.receive_data(await reader.read(4096))
+            events = ws.events_received()
+        assert isinstance(events[0], Request)
+        ws.send_response(ws.accept(events[0]))
+        response = b"".join(ws.data_to_send())
+        writer.write(response + chunks[0] if with_response else response)
+        for chunk in chunks[1:] if with_response else chunks:
+            await writer.drain()
+            await asyncio.sleep(0.005)  # its own read on the client's side
+            writer.write(chunk)
+        await writer.drain()
+        while not hang_up and (data := await reader.read(4096)):
+            if wire is not None:
+                wire.extend(data)
+            ws.receive_data(data)
+            received.extend(e for e in ws.events_received() if isinstance(e, Frame))
+            if ws.close_rcvd is not None:
+                break
+
+    server = await asyncio.start_server(serve_one, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        await body(f"ws://127.0.0.1:{port}/ws")
+        await asyncio.wait_for(done.wait(), seconds(2))
+    return received
+
+
+def test_frames_split_at_every_byte_are_reassembled() -> None:
+    texts = ["a", "é" * 100, "b" * 70000, '{"type":"pong"}']
+    stream = b"".join(frame(0x81, text.encode()) for text in texts)
+    short = frame(0x81, b"x" * 300)
+    chunks = [bytes([byte]) for byte in short] + [stream[:3], stream[3:140], stream[140:]]
+
+    async def body(url: str) -> None:
+        channel = await open_channel(url)
+        got: list[tuple[str, bool]] = []
+        while len(got) < 5:
+            got += await channel.recv_batch()
+        assert got == [("x" * 300, False)] + [(text, False) for text in texts]
+        await channel.close()
+
+    run(lambda: scripted(chunks, body))
+
+
+def test_frames_that_come_with_the_handshake_response_are_read() -> None:
+    # The 101 and a frame and a half in one write, the rest in the next.
+    stream = frame(0x81, b"first") + frame(0x82, b"\xffsecond") + frame(0x81, b"third")
+
+    async def body(url: str) -> None:
+        channel = await open_channel(url)
+        got: list[tuple[str, bool]] = []
+        while len(got) < 3:
+            got += await channel.recv_batch()
+        assert got == [("first", False), ("\ufffdsecond", True), ("third", False)]
+        await channel.close()
+
+    run(lambda: scripted([stream[:12], stream[12:]], body, with_response=True))
+
+
+def test_a_fragmented_message_with_a_ping_inside_is_one_message_and_its_ping_answered() -> None:
+    chunks = [
+        frame(0x81, b"before") + frame(0x01, b"frag") + frame(0x89, b"are you there?"),
+        frame(0x00, b"men") + frame(0x80, "ted ✓".encode()) + frame(0x81, b"after"),
+    ]
+    sent: list[Frame] = []
+
+    async def body(url: str) -> None:
+        channel = await open_channel(url)
+        got: list[tuple[str, bool]] = []
+        while len(got) < 3:
+            got += await channel.recv_batch()
+        assert got == [("before", False), ("fragmented ✓", False), ("after", False)]
+        await channel.close()
+
+    async def go() -> None:
+        sent.extend(await scripted(chunks, body))
+
+    run(go)
+    assert [(f.opcode, f.data) for f in sent][:1] == [(Opcode.PONG, b"are you there?")]
+
+
+@pytest.mark.parametrize(
+    ("bad", "code"),
+    [
+        (frame(0x81, b"masked", mask=b"\x01\x02\x03\x04"), 1002),  # §5.1: a server never masks
+        (frame(0xC1, b"rsv1"), 1002),  # RSV1 without an extension that defines it
+        (frame(0x83, b"opcode 3"), 1002),  # a reserved opcode
+        (frame(0x01, b"start") + frame(0x81, b"no continuation"), 1002),
+        (frame(0x80, b"continuation of nothing"), 1002),
+        (bytes((0x81, 127)) + (1 << 40).to_bytes(8, "big"), 1009),  # no payload needed
+        (frame(0x81, b"bad \xff"), 1007),
+    ],
+    ids=["masked", "rsv1", "opcode", "interrupted-fragments", "lone-continuation", "huge", "utf8"],
+)
+def test_an_invalid_frame_fails_the_connection_after_the_frames_before_it(
+    bad: bytes, code: int
+) -> None:
+    sent: list[Frame] = []
+
+    async def body(url: str) -> None:
+        channel = await open_channel(url)
+        frames, end = await read_all(channel)
+        assert frames == [("good", False)]
+        assert (end.code, end.initiator) == (code, "error")
+        await channel.close()
+
+    async def go() -> None:
+        # The bad frame and what follows it in the same read: nothing after it counts.
+        sent.extend(await scripted([frame(0x81, b"good") + bad + frame(0x81, b"later")], body))
+
+    run(go)
+    assert [(f.opcode, Close.parse(f.data).code) for f in sent] == [(Opcode.CLOSE, code)]
+
+
+def test_frames_after_a_close_frame_are_discarded() -> None:
+    close = frame(0x88, Close(4000, "bye").serialize())
+    chunks = [frame(0x81, b"one") + close + frame(0x81, b"ghost"), frame(0x81, b"ghost 2")]
+
+    async def body(url: str) -> None:
+        channel = await open_channel(url)
+        frames, end = await read_all(channel)
+        assert frames == [("one", False)]
+        assert (end.code, end.reason, end.initiator) == (4000, "bye", "server")
+        await channel.close()
+
+    run(lambda: scripted(chunks, body))
+
+
+def test_a_connection_lost_inside_a_frame_is_an_error() -> None:
+    async def body(url: str) -> None:
+        channel = await open_channel(url)
+        frames, end = await read_all(channel)
+        assert frames == [("whole", False)]
+        assert (end.code, end.initiator) == (None, "error")
+        await channel.close()
+
+    cut = frame(0x81, b"whole") + frame(0x81, b"cut short")[:6]
+    run(lambda: scripted([cut], body, hang_up=True))
+
+
+def test_every_frame_the_client_sends_is_masked_with_a_fresh_key() -> None:
+    wire = bytearray()
+    texts = ["x", "y" * 200, "z" * 70000]
+
+    async def body(url: str) -> None:
+        channel = await open_channel(url)
+        for text in texts:
+            await channel.send(text)
+        await channel.close()
+
+    async def go() -> None:
+        # The server side parses with mask=True: an unmasked frame would fail it.
+        sent = await scripted([], body, wire=wire)
+        assert [f.data.decode() for f in sent if f.opcode is Opcode.TEXT] == texts
+
+    run(go)
+    keys, at = [], 0
+    while at < len(wire):
+        assert wire[at + 1] & 0x80  # the MASK bit
+        length, at = wire[at + 1] & 0x7F, at + 2
+        if length >= 126:
+            size = 2 if length == 126 else 8
+            length, at = int.from_bytes(wire[at : at + size], "big"), at + size
+        keys.append(bytes(wire[at : at + 4]))
+        at += 4 + length
+    assert len(keys) == 4  # three messages and the close
+    assert len(set(keys)) == 4
