@@ -11,7 +11,9 @@ reference service with ``--think-ms 0,0`` (``--target reference``: 1 to 3
 
 The clients, each in its own process, started fresh for every run:
 
-* ``harness``: :class:`~harness.users.UserConnection` s on
+* ``harness``: :func:`harness.workloads.closed_loop` (what a scenario's
+  ``Scenario.closed_loop`` runs: one connection per user, the next message
+  sent when the run before it completes) on
   :class:`~harness.transport.fast.FastConnector` (``--transport websockets``
   for the simple one), writing every record to ``events.jsonl`` (a temp dir)
   and running the cross_delivery and lifecycle oracles through
@@ -281,7 +283,7 @@ def harness_client(url: str, users: int, messages: int, transport: str) -> None:
     from harness.transport.fast import FastConnector
     from harness.transport.websocket import WebSocketConnector
     from harness.types import ScenarioId
-    from harness.users import SimUser, plan_users
+    from harness.users import plan_users
 
     class NoHttp:
         async def request(self, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -322,18 +324,10 @@ def harness_client(url: str, users: int, messages: int, transport: str) -> None:
         sims = await workloads.make_users(env, keys)
         before = resource.getrusage(resource.RUSAGE_SELF)
         began = time.monotonic()
-
-        async def one(user: SimUser) -> None:
-            conn = await workloads.connect(env, user)
-            if conn is None:
-                return
-            for n in range(messages):
-                pending = await workloads.send(env, conn, user.private_id(f"t{n}"))
-                if pending is None or await pending.done != "completed":
-                    break
-            await workloads.finish(env, [conn])
-
-        await asyncio.gather(*(one(user) for user in sims))
+        # What Scenario.closed_loop runs (thread ids "private").
+        await workloads.closed_loop(
+            env, sims, messages=messages, thread_of=lambda u, n: u.private_id(f"t{n % 2}")
+        )
         run.finish_lifecycles()
         after = resource.getrusage(resource.RUSAGE_SELF)
         user = after.ru_utime - before.ru_utime

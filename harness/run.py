@@ -330,6 +330,11 @@ class Run:
     def runs_cut(self) -> int:
         return self._lifecycle.cut
 
+    @property
+    def runs_completed(self) -> int:
+        """Runs judged with their terminal event received (whole or not)."""
+        return self._lifecycle.completed
+
     def judge_probe(self, probe: CrossProbe) -> ProbeOutcome:
         """Judge one cross-user read and record its outcome."""
         outcome, reason, finding = judge_cross_probe(probe, policy=self.policy, seed=self.seed)

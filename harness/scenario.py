@@ -284,6 +284,25 @@ class Scenario:
         )
         return len(sent)
 
+    def closed_loop(
+        self,
+        users: Sequence[SimUser],
+        *,
+        messages: int | None = None,
+        thread_ids: ThreadIds = "private",
+    ) -> int:
+        """Every user sends ``messages`` messages one after another on one connection.
+
+        Each user keeps one message in flight and sends the next when the run
+        before it completes: a load tool's closed loop, with every frame
+        recorded and checked. Returns the number of messages sent.
+        """
+        n = self.sizes.messages_per_user if messages is None else messages
+        thread_of = _threads(thread_ids)
+        return self._loop(
+            lambda env: workloads.closed_loop(env, users, messages=n, thread_of=thread_of)
+        )
+
     def disconnect_and_reconnect(
         self, users: Sequence[SimUser], *, rounds: int = 2, thread_ids: ThreadIds = "shared"
     ) -> None:

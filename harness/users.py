@@ -234,12 +234,26 @@ class UserConnection:
                 # wake-up, one clock reading for all of them (they arrived together).
                 recv_batch: Callable[[], Awaitable[list[tuple[str, bool]]]]
                 recv_batch = self._channel.recv_batch  # type: ignore[attr-defined]
+                deliver_to = getattr(self._channel, "deliver_to", None)
+                if deliver_to is not None:
+                    # Each read's frames come to _pushed as they arrive; recv_batch
+                    # returns what came before, then waits for the end.
+                    deliver_to(self._pushed)
                 while True:
                     self._received(await recv_batch())
         except ChannelClosed as exc:
             injected = self._drops_injected and exc.initiator == "error"
             self._finish("injected" if injected else exc.initiator, exc.code, exc.reason)
         except Exception as exc:  # noqa: BLE001 - a transport bug must not kill the run
+            self._finish("error", None, f"{type(exc).__name__}: {exc}")
+
+    def _pushed(self, frames: list[tuple[str, bool]]) -> None:
+        """:meth:`_received` from the channel's read callback: a failure ends the reader."""
+        try:
+            self._received(frames)
+        except Exception as exc:  # noqa: BLE001 - as in _read: a bug must not kill the run
+            self._channel.deliver_to(None)  # type: ignore[attr-defined]
+            self._reader.cancel()
             self._finish("error", None, f"{type(exc).__name__}: {exc}")
 
     def _received(self, frames: list[tuple[str, bool]]) -> None:
@@ -256,19 +270,22 @@ class UserConnection:
             record = self._sink.record
             for (text, binary), frame in zip(frames, decoded, strict=True):
                 record(Received(scenario, user, conn, mono, wall, text, frame, binary))
+        message_id, run = None, None  # a read's frames are mostly one run's
         for frame in decoded:
             if type(frame) is Event:
-                run = pending.get(frame.message_id)
-                if run is not None:
-                    run.first_event.set()
-                    if frame.type == terminal and not run.done.done():
-                        run.ended_mono = mono
-                        run.done.set_result("completed")
-                        # Its caller holds the run; a long-lived connection
-                        # must not keep every run it ever finished.
-                        del pending[frame.message_id]
-                        if self.on_run_end is not None:
-                            self.on_run_end(run)
+                if frame.message_id != message_id:
+                    message_id = frame.message_id
+                    run = pending.get(message_id)
+                    if run is not None:
+                        run.first_event.set()
+                if run is not None and frame.type == terminal and not run.done.done():
+                    run.ended_mono = mono
+                    run.done.set_result("completed")
+                    # Its caller holds the run; a long-lived connection
+                    # must not keep every run it ever finished.
+                    del pending[message_id]
+                    if self.on_run_end is not None:
+                        self.on_run_end(run)
 
     def _finish(
         self,

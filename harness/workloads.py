@@ -10,8 +10,10 @@ Oracles judge the records as they arrive; workloads only drive.
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -26,7 +28,7 @@ from harness.oracles.shared_state import CrossProbe
 from harness.recording import HttpExchange
 from harness.run import Run
 from harness.transport.base import ChannelClosed, HttpClient
-from harness.types import ScenarioId, UserKey
+from harness.types import ConnectionId, ScenarioId, UserKey
 from harness.users import PendingRun, SimUser, UserConnection, make_identity
 
 HTTP_STATE = "http_state"
@@ -227,6 +229,31 @@ async def chat(
     return sent
 
 
+GC_YOUNG_THRESHOLD = 50_000
+"""Allocations between young-generation collections while a closed loop runs (Python's
+default is 700). Records and frames are acyclic and short-lived: collecting them every
+700 allocations costs about 5% of the CPU per event and frees nothing the reference
+counts do not."""
+_relaxed: list[tuple[int, ...]] = []  # the threshold before, once per block running
+
+
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """Raise the young-generation threshold to :data:`GC_YOUNG_THRESHOLD` for the block
+    (blocks may overlap: the last one to end restores the threshold the first one found)."""
+    before = gc.get_threshold()
+    if not _relaxed:
+        gc.set_threshold(max(before[0], GC_YOUNG_THRESHOLD), *before[1:])
+    _relaxed.append(before)
+    try:
+        yield
+    finally:
+        first = _relaxed[0]
+        _relaxed.pop()
+        if not _relaxed:
+            gc.set_threshold(*first)
+
+
 async def closed_loop(
     env: Env,
     users: Sequence[SimUser],
@@ -239,46 +266,102 @@ async def closed_loop(
     A closed loop, as load tools drive: each user keeps one message in
     flight and sends the next from the end of the previous run's lifecycle
     (the connection's ``on_run_end``, on its read path: no task or wait per
-    message). Runs of different users overlap. A user stops at a cut run or
+    message). Runs of different users overlap: ``overlapping_runs`` counts
+    the runs sent while another user's run was in flight, and
+    ``shared_identifiers`` the thread ids several users used. A user stops at a cut run or
     a failed send; when no run has ended for the lifecycle timeout (or
     :data:`ABANDON_AFTER_S` once the run has a violation), every user stops
     and :func:`finish` judges what is still in flight. Returns the number of
     messages sent.
     """
+    with _fewer_collections():
+        return await _closed_loop(env, users, messages=messages, thread_of=thread_of)
+
+
+async def _closed_loop(
+    env: Env,
+    users: Sequence[SimUser],
+    *,
+    messages: int,
+    thread_of: Callable[[SimUser, int], str],
+) -> int:
     opened = await asyncio.gather(*(connect(env, user) for user in users))
     conns = [conn for conn in opened if conn is not None]
     loop = asyncio.get_running_loop()
+    # Done (set) once every user has stopped; also the signal to stop sending.
     all_done: asyncio.Future[None] = loop.create_future()
-    current: dict[UserConnection, PendingRun] = {}
-    sent = 0
-    stopping = False
+    current: dict[ConnectionId, PendingRun] = {}
+    threads: set[tuple[UserKey, str]] = set()
+    sent = overlapping = 0
+    # Next messages are sent together once the loop has handled every read that is
+    # ready, not one by one between reads: the target gets them in one burst, and
+    # the client is woken once per burst of answers (about 10% less CPU per event).
+    due: list[tuple[Callable[[PendingRun | None], None], PendingRun | None]] = []
 
-    def done(conn: UserConnection) -> None:
-        current.pop(conn, None)
-        conn.on_run_end = None
-        if not current and not all_done.done():
-            all_done.set_result(None)
+    def send_due() -> None:
+        batch = due[:]
+        due.clear()
+        for send, ended in batch:
+            send(ended)
 
-    def send_next(conn: UserConnection) -> None:
-        nonlocal sent
-        n = conn.user_sent
-        if n >= messages or stopping:
-            done(conn)
-            return
-        try:
-            current[conn] = conn.send_message_nowait(thread_of(conn.user, n))
-        except ChannelClosed as exc:
-            env.run.error("send_failed", str(exc))
-            done(conn)
-            return
-        conn.user_sent = n + 1
-        sent += 1
+    def drive(conn: UserConnection) -> Callable[[PendingRun | None], None]:
+        n = 0
 
-    def on_run_end(run: PendingRun) -> None:
-        conn = ends[run.message_id]
-        ...
+        def on_run_end(ended: PendingRun | None) -> None:
+            if not due:
+                loop.call_soon(send_due)
+            due.append((next_message, ended))
 
-    raise NotImplementedError
+        def next_message(ended: PendingRun | None) -> None:
+            nonlocal n, sent, overlapping
+            try:
+                if n < messages and not all_done.done():
+                    if ended is None or ended.done.result() == "completed":
+                        thread = thread_of(conn.user, n)
+                        n += 1
+                        threads.add((conn.user.key, thread))
+                        current[conn.id] = conn.send_message_nowait(thread)
+                        sent += 1
+                        # One connection per user: another entry is another user's
+                        # run in flight, which this one now overlaps.
+                        overlapping += len(current) > 1
+                        return
+            except ChannelClosed as exc:
+                env.run.error("send_failed", str(exc))
+            except Exception as exc:  # a harness bug: raised by the workload, never swallowed
+                if not all_done.done():
+                    all_done.set_exception(exc)
+            current.pop(conn.id, None)
+            conn.on_run_end = None
+            if not current and not all_done.done():
+                all_done.set_result(None)
+
+        return on_run_end
+
+    for conn in conns:
+        conn.on_run_end = start = drive(conn)
+        start(None)
+    send_due()
+    if not current and not all_done.done():
+        all_done.set_result(None)
+    clock = env.run.clock
+    waited = 0.0
+    while not all_done.done():
+        await asyncio.wait([all_done], timeout=0.25)
+        limit = ABANDON_AFTER_S if env.run.finding_counts else env.run.lifecycle_timeout_s
+        now = clock.mono()
+        waited = now - min((run.sent_mono for run in current.values()), default=now)
+        if waited >= limit and not all_done.done():
+            all_done.set_result(None)  # a run is lost or abandoned: stop, and judge
+    try:
+        all_done.result()
+    except Exception:
+        await asyncio.gather(*(conn.close(abrupt=True) for conn in conns))
+        raise
+    await finish(env, conns, waited_s=waited)
+    env.cover("overlapping_runs", overlapping)
+    env.cover("shared_identifiers", shared_identifiers(threads))
+    return sent
 
 
 async def disconnect_and_reconnect(

@@ -14,6 +14,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from e2e_helpers import SECRET, seconds
 from websockets.asyncio.server import ServerConnection, serve
@@ -410,6 +411,41 @@ def test_a_chat_over_the_fast_transport_finds_the_singleton_emitter_leak(
         users = harness.users()
         harness.chat(users, messages=6)
         assert harness.run.finding_counts[str(ViolationKind.CROSS_DELIVERY)] > 0
+    finally:
+        harness.run.close()
+
+
+def test_a_closed_loop_over_the_fast_transport_completes_and_judges_every_run(
+    services: dict[str, EmbeddedService], tmp_path: Path
+) -> None:
+    harness = chat_scenario(services["clean"], tmp_path)
+    try:
+        users = harness.users()
+        assert harness.closed_loop(users, messages=5) == 30
+        harness.verify()
+        run_ = harness.run
+        assert run_.counts["messages_sent"] == 30
+        assert run_.runs_completed == 30  # every run judged whole while its connection was open
+        assert run_.runs_cut == run_.runs_abandoned == 0
+        assert run_.counts["connections"] == 6  # one per user
+        assert not run_.errors
+        run_.log.flush()
+        lines = [orjson.loads(line) for line in run_.log.path.read_bytes().splitlines()]
+        assert sum(1 for line in lines if line["k"] == "recv") == run_.counts["events_received"]
+        assert sum(1 for line in lines if line["k"] == "sent") == 30
+    finally:
+        harness.run.close()
+
+
+def test_a_closed_loop_over_the_fast_transport_finds_the_singleton_emitter_leak(
+    services: dict[str, EmbeddedService], tmp_path: Path
+) -> None:
+    harness = chat_scenario(services["singleton_emitter"], tmp_path)
+    try:
+        harness.closed_loop(harness.users(), messages=6)
+        assert harness.run.finding_counts[str(ViolationKind.CROSS_DELIVERY)] > 0
+        with pytest.raises(AssertionError, match="cross_delivery"):
+            harness.verify()
     finally:
         harness.run.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import orjson
@@ -38,8 +39,9 @@ class NoHttp:
 class TwinService:
     """A tiny AEP/1 service: correct, or with the singleton-emitter bug."""
 
-    def __init__(self, *, singleton: bool = False) -> None:
+    def __init__(self, *, singleton: bool = False, lose: str | None = None) -> None:
         self.singleton = singleton
+        self.lose = lose  # the bug: the terminal event of messages ending in this is never sent
         self.sockets: dict[str, list[ServerSide]] = {}
         self.current: ServerSide | None = None  # the bug: one emitter for everyone
 
@@ -64,6 +66,8 @@ class TwinService:
         ]
         for seq, kind in enumerate(kinds, 1):
             await asyncio.sleep(0.002)
+            if self.lose and kind == kinds[-1] and msg["message_id"].endswith(self.lose):
+                return
             event = {
                 "type": kind,
                 "user_id": user,
@@ -148,4 +152,37 @@ def test_a_scenario_that_creates_no_declared_condition_is_inconclusive(scenario_
     harness.conditions("reconnects")
     harness.chat(harness.users(2, tenants=1), messages=1, connections=1)
     with pytest.raises(Inconclusive, match="created no reconnects"):
+        harness.verify()
+
+
+def test_a_closed_loop_sends_each_message_after_the_last_run_completed(scenario_on, tmp_path):
+    harness = scenario_on(TwinService(), tmp_path)
+    users = harness.users()
+    assert harness.closed_loop(users, messages=4) == 24
+    harness.verify()
+    assert harness.run.runs_completed == 24
+    assert harness.run.counts["connections"] == 6
+    harness.run.close()
+    lines = [orjson.loads(line) for line in (tmp_path / "events.jsonl").read_bytes().splitlines()]
+    by_conn: dict[str, list[str]] = {}
+    for line in lines:
+        if line["k"] == "sent" or (line["k"] == "recv" and '"agent_completed"' in line["raw"]):
+            by_conn.setdefault(line["conn"], []).append(line["k"])
+    # One message in flight per connection: sent, completed, sent, completed …
+    assert all(kinds == ["sent", "recv"] * 4 for kinds in by_conn.values()), by_conn
+
+
+def test_a_closed_loop_catches_a_singleton_emitter(scenario_on, tmp_path):
+    harness = scenario_on(TwinService(singleton=True), tmp_path)
+    harness.closed_loop(harness.users(), messages=3)
+    assert ViolationKind.CROSS_DELIVERY in {f.kind for f in harness.run.findings}
+
+
+def test_a_closed_loop_judges_a_lost_terminal_event_once_its_user_stalls(scenario_on, tmp_path):
+    harness = scenario_on(TwinService(lose="-m2"), tmp_path)  # every user's second message
+    began = time.monotonic()
+    assert harness.closed_loop(harness.users(), messages=3) == 12  # each stopped after it
+    assert time.monotonic() - began < 2 * 2.0  # one lifecycle timeout, not two
+    assert ViolationKind.LOST_EVENT in {f.kind for f in harness.run.findings}
+    with pytest.raises(AssertionError, match="lost_event"):
         harness.verify()

@@ -26,7 +26,7 @@ import asyncio.selector_events
 import os
 import ssl
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import cast
 
 from websockets.client import ClientProtocol
@@ -116,6 +116,8 @@ class _Pump(asyncio.BufferedProtocol):
         self.handshake: asyncio.Future[None] = loop.create_future()
         self.lost: asyncio.Future[None] = loop.create_future()
         self.frames: list[tuple[str, bool]] = []
+        # Set: each read's frames go to it at once, not to the queue (FastChannel.deliver_to).
+        self.receiver: Callable[[list[tuple[str, bool]]], None] | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.ended: ChannelClosed | None = None
         self.by_us = False
@@ -393,6 +395,8 @@ class _Pump(asyncio.BufferedProtocol):
         transport = self.transport
         if transport is None:
             return
+        if not self.ws.writes and self.ws.state is _OPEN:
+            return  # the common case, after every read and before every send: nothing to do
         for data in self.ws.data_to_send():
             if data:
                 transport.write(data)
@@ -423,8 +427,13 @@ class _Pump(asyncio.BufferedProtocol):
             self.ended = ChannelClosed(None, "connection lost without a close frame", "error")
 
     def _wake(self) -> None:
+        receiver = self.receiver
+        if receiver is not None and self.frames:
+            batch, self.frames = self.frames, []
+            receiver(batch)
+        # The reader waits for frames or the end; nothing else is worth a wake-up.
         waiter = self.waiter
-        if waiter is not None and not waiter.done():
+        if waiter is not None and not waiter.done() and (self.frames or self.ended is not None):
             waiter.set_result(None)
 
     def closed_error(self) -> ChannelClosed:
@@ -493,6 +502,16 @@ class FastChannel:
                 pump.drain_waiters.remove(waiter)
             if pump.lost.done() and pump.ended is not None:
                 raise pump.closed_error()
+
+    def deliver_to(self, receiver: Callable[[list[tuple[str, bool]]], None] | None) -> None:
+        """Hand each read's frames to ``receiver`` as they arrive (``None``: queue them again).
+
+        ``receiver`` runs in the protocol callback, once per read of the socket,
+        and must not raise. Frames queued before are still returned by
+        :meth:`recv_batch`, which otherwise only waits for the end and raises
+        :class:`ChannelClosed`: a reader without a wake-up per read.
+        """
+        self._pump.receiver = receiver
 
     def send_nowait(self, text: str) -> None:
         """Write ``text`` at once, without waiting for the socket to drain.
