@@ -459,6 +459,11 @@ class Session:
                 self.monitor.stop()
             if self.run is not None:
                 self.run.close()
+                events = self.report_dir / "events.jsonl"
+                if self.workers is not None and events.exists() and not events.stat().st_size:
+                    # The workers recorded everything (gwN/events.jsonl); an empty
+                    # file next to the merged summary would read as "nothing seen".
+                    events.unlink()
             if self.embedded is not None:
                 self.embedded.stop()
                 self.embedded = None

@@ -232,6 +232,7 @@ def test_a_leak_between_users_on_different_workers_is_reported_with_both_users(
     )
     assert "isoharness: FAIL" in proc.stdout.splitlines()[-1]
     assert "gw0/events.jsonl" in (report / "report.html").read_text()
+    assert not (report / "events.jsonl").exists()  # the controller saw no frame itself
     assert leaks(report, secret_needles(report / "gw0")) == []
 
 
