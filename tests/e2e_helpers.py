@@ -84,12 +84,14 @@ def read_summary(folder: Path) -> dict[str, Any]:
 
 
 @contextmanager
-def reference_service(*faults: str, secret: str = SECRET) -> Iterator[str]:
+def reference_service(
+    *faults: str, secret: str = SECRET, extra_args: Sequence[str] = ()
+) -> Iterator[str]:
     """A reference service with ``faults`` on 127.0.0.1, port 0; yields its base URL.
 
     It must shut down cleanly (exit 0) when the test is done with it.
     """
-    service = EmbeddedService(jwt_secret=secret, faults=faults)
+    service = EmbeddedService(jwt_secret=secret, faults=faults, extra_args=extra_args)
     url = service.start()
     try:
         yield url

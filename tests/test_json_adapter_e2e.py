@@ -11,14 +11,11 @@ is a one-line error with exit code 3.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
-from e2e_helpers import SECRET, SEED, output_of, read_summary, run_harness
-
-from harness.embedded import EmbeddedService
+from e2e_helpers import SEED, output_of, read_summary, reference_service, run_harness
 
 #: The renamed dialect, described for the json adapter (README "Testing your own service").
 ADAPTER_TABLE = """\
@@ -66,16 +63,9 @@ def pyproject_toml(url: str) -> str:
     )
 
 
-@contextmanager
-def renamed_service(*faults: str) -> Iterator[str]:
+def renamed_service(*faults: str) -> AbstractContextManager[str]:
     """The reference service speaking the renamed dialect, with ``faults``."""
-    service = EmbeddedService(jwt_secret=SECRET, faults=faults, extra_args=["--dialect", "renamed"])
-    url = service.start()
-    try:
-        yield url
-    finally:
-        code = service.stop()
-    assert code == 0, f"the reference service exited with {code}: {list(service.output)[-5:]}"
+    return reference_service(*faults, extra_args=["--dialect", "renamed"])
 
 
 def test_a_correct_service_passes_with_the_config_file_alone(tmp_path: Path) -> None:

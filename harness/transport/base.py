@@ -115,6 +115,27 @@ class HttpClient(Protocol):
     async def aclose(self) -> None: ...
 
 
+def place_token(
+    url: str,
+    token: str | None,
+    *,
+    in_query: bool,
+    query_param: str,
+    headers: Mapping[str, str] | None,
+) -> tuple[str, dict[str, str]]:
+    """The URL and handshake headers that carry ``token``, as :meth:`Connector.connect` says.
+
+    ``Authorization: Bearer <token>`` unless ``in_query``, then ``?<query_param>=<token>``;
+    no token, no credential. ``headers`` are sent as given.
+    """
+    sent = dict(headers or {})
+    if token is not None and in_query:
+        url = add_query(url, query_param, token)
+    elif token is not None:
+        sent["Authorization"] = f"Bearer {token}"
+    return url, sent
+
+
 def add_query(url: str, name: str, value: str) -> str:
     """``url`` with the query parameter ``name=value`` appended (both percent-encoded)."""
     return f"{url}{'&' if '?' in url else '?'}{quote(name, safe='')}={quote(value, safe='')}"

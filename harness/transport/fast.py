@@ -43,7 +43,7 @@ except ImportError:  # pragma: no cover - websockets built without its C extensi
     from websockets.utils import apply_mask
 
 from harness.errors import AuthRefused, TargetError, TargetUnreachable
-from harness.transport.base import Channel, ChannelClosed, add_query
+from harness.transport.base import Channel, ChannelClosed, place_token
 
 MAX_FRAME_BYTES = 1 << 20
 """Messages over 1 MiB close the connection (1009) instead of filling memory."""
@@ -575,8 +575,9 @@ class FastConnector:
         headers: Mapping[str, str] | None = None,
         subprotocols: Sequence[str] = (),
     ) -> Channel:
-        if token is not None and token_in_query:
-            url = add_query(url, query_param, token)
+        url, sent = place_token(
+            url, token, in_query=token_in_query, query_param=query_param, headers=headers
+        )
         target = url.split("?", 1)[0]
         try:
             uri = parse_uri(url)
@@ -589,10 +590,8 @@ class FastConnector:
             max_size=MAX_FRAME_BYTES,
         )
         request = ws.connect()
-        for name, value in (headers or {}).items():
+        for name, value in sent.items():
             request.headers[name] = value
-        if token is not None and not token_in_query:
-            request.headers["Authorization"] = f"Bearer {token}"
         request.headers["User-Agent"] = "isoharness"
         ws.send_request(request)
         loop = asyncio.get_running_loop()

@@ -11,7 +11,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.typing import Subprotocol
 
 from harness.errors import AuthRefused, TargetError, TargetUnreachable
-from harness.transport.base import Channel, ChannelClosed, add_query
+from harness.transport.base import Channel, ChannelClosed, place_token
 
 MAX_FRAME_BYTES = 1 << 20
 """Frames over 1 MiB close the connection (1009) instead of filling memory."""
@@ -85,11 +85,9 @@ class WebSocketConnector:
         headers: Mapping[str, str] | None = None,
         subprotocols: Sequence[str] = (),
     ) -> Channel:
-        sent = dict(headers or {})
-        if token is not None and token_in_query:
-            url = add_query(url, query_param, token)
-        elif token is not None:
-            sent["Authorization"] = f"Bearer {token}"
+        url, sent = place_token(
+            url, token, in_query=token_in_query, query_param=query_param, headers=headers
+        )
         target = url.split("?", 1)[0]
         try:
             ws = await connect(
