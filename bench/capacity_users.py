@@ -44,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from _harness_stubs import NoHttp  # noqa: E402
 from compare import SECRET, TENANTS, raise_fd_limit  # noqa: E402
 
 from harness import workloads  # noqa: E402
@@ -51,22 +52,11 @@ from harness.adapters.aep import AepAdapter  # noqa: E402
 from harness.credentials import JwtCredentials  # noqa: E402
 from harness.run import Run, Target  # noqa: E402
 from harness.safety import Redactor  # noqa: E402
-from harness.transport.base import Connector, HttpResponse  # noqa: E402
+from harness.transport.base import Connector  # noqa: E402
 from harness.transport.fast import FastConnector  # noqa: E402
 from harness.transport.websocket import WebSocketConnector  # noqa: E402
 from harness.types import ScenarioId  # noqa: E402
 from harness.users import UserConnection, plan_users  # noqa: E402
-
-
-class NoHttp:
-    async def request(self, *args: Any, **kwargs: Any) -> HttpResponse:
-        return HttpResponse(404, "")
-
-    async def abandon(self, *args: Any, **kwargs: Any) -> bool:
-        return False
-
-    async def aclose(self) -> None:
-        pass
 
 
 def rss() -> int:

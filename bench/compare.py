@@ -274,26 +274,18 @@ def harness_client(url: str, users: int, messages: int, transport: str) -> None:
     """The harness: UserConnections on the chosen transport, full recording and checking."""
     import resource
 
+    from _harness_stubs import NoHttp
+
     from harness import workloads
     from harness.adapters.aep import AepAdapter
     from harness.credentials import JwtCredentials
     from harness.run import Run, Target
     from harness.safety import Redactor
-    from harness.transport.base import Connector, HttpResponse
+    from harness.transport.base import Connector
     from harness.transport.fast import FastConnector
     from harness.transport.websocket import WebSocketConnector
     from harness.types import ScenarioId
     from harness.users import plan_users
-
-    class NoHttp:
-        async def request(self, *args: Any, **kwargs: Any) -> HttpResponse:
-            return HttpResponse(404, "")
-
-        async def abandon(self, *args: Any, **kwargs: Any) -> bool:
-            return False
-
-        async def aclose(self) -> None:
-            pass
 
     raise_fd_limit()
     report_dir = Path(tempfile.mkdtemp(prefix="isoharness-compare-"))
