@@ -7,8 +7,9 @@ live transport, the recorder and the oracles.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -42,8 +43,7 @@ def user_message(*, message_id: str, thread_id: str, content: str) -> str:
     return orjson.dumps(frame).decode()
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """A lifecycle event, every field present and of the right JSON type.
 
     AEP/1 frames always carry every field. Other protocols' codecs
@@ -51,6 +51,9 @@ class Event:
     ``user_id``/``tenant_id`` ``None`` when events carry no owner tags (the
     oracles then decide on canaries alone), ``seq`` ``None`` when events are
     not numbered (order and duplicates are then judged by type alone).
+
+    A named tuple, not a frozen dataclass: one is made per received frame, and
+    a tuple is built six times faster.
     """
 
     type: str
@@ -60,7 +63,7 @@ class Event:
     message_id: str
     run_id: str
     seq: int | None
-    data: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,36 +110,57 @@ def parse_frame(raw: str | bytes, *, binary: bool = False) -> Frame:
     obj, reason = decode_json(raw)
     if reason is not None:
         return Malformed(reason)
-    if type(obj) is dict:
-        # The common frame, a well-formed event, checked in one pass (orjson
-        # gives exact types); anything else is classified by parse_object.
-        try:
-            kind, user, tenant, thread, message, run, seq, data = (
-                obj["type"],
-                obj["user_id"],
-                obj["tenant_id"],
-                obj["thread_id"],
-                obj["message_id"],
-                obj["run_id"],
-                obj["seq"],
-                obj["data"],
-            )
-        except KeyError:
-            pass
-        else:
-            if (
-                type(kind) is str
-                and kind in PHASE
-                and type(user) is str
-                and type(tenant) is str
-                and type(thread) is str
-                and type(message) is str
-                and type(run) is str
-                and type(seq) is int
-                and type(data) is dict
-            ):
-                return Event(kind, user, tenant, thread, message, run, seq, data)
     return parse_object(obj)
+
+
+_event = tuple.__new__  # Event(...) without the named tuple's Python-level __new__
+
+
+def decode_batch(frames: Sequence[tuple[str, bool]]) -> tuple[list[Frame], bool]:
+    """:func:`parse_frame` every ``(text, binary)`` frame of one read, in order.
+
+    Returns the frames and whether every one of them is an :class:`Event`.
+    The common frame, a well-formed event, is checked here in one pass
+    (orjson gives exact types); any other goes through :func:`parse_frame`.
+    """
+    out: list[Frame] = []
+    append = out.append
+    loads = orjson.loads
+    every_event = True
+    for raw, binary in frames:
+        if not binary:
+            try:
+                obj = loads(raw)
+            except orjson.JSONDecodeError:
+                obj = None
+            if type(obj) is dict:
+                try:
+                    kind, user, tenant, thread, message, run, seq, data = (
+                        obj["type"],
+                        obj["user_id"],
+                        obj["tenant_id"],
+                        obj["thread_id"],
+                        obj["message_id"],
+                        obj["run_id"],
+                        obj["seq"],
+                        obj["data"],
+                    )
+                except KeyError:
+                    pass
+                else:
+                    if (
+                        type(kind) is str
+                        and kind in PHASE
+                        and str is type(user) is type(tenant) is type(thread)
+                        and str is type(message) is type(run)
+                        and type(seq) is int
+                        and type(data) is dict
+                    ):
+                        append(_event(Event, (kind, user, tenant, thread, message, run, seq, data)))
+                        continue
+        every_event = False
+        append(parse_frame(raw, binary=binary))
+    return out, every_event
 
 
 def parse_object(obj: Any) -> Frame:
@@ -192,6 +216,7 @@ class AepCodec:
     # The functions themselves, not wrappers: decode runs once per received frame.
     encode_message = staticmethod(user_message)
     decode = staticmethod(parse_frame)
+    decode_batch = staticmethod(decode_batch)
 
 
 AEP_CODEC = AepCodec()

@@ -72,5 +72,11 @@ class Codec(Protocol):
         ...
 
     def decode(self, raw: str, *, binary: bool = False) -> Frame:
-        """Classify one received frame; anything unexpected is ``Malformed`` with a reason."""
+        """Classify one received frame; anything unexpected is ``Malformed`` with a reason.
+
+        A codec may also offer ``decode_batch(frames)``: the same for every
+        ``(raw, binary)`` frame of one read, returning the frames and whether
+        every one is an :class:`~harness.aep.Event` (one call per read instead
+        of one per frame; :func:`harness.aep.decode_batch` is AEP/1's).
+        """
         ...

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal, Protocol
+from typing import IO, Any, Literal, NamedTuple, Protocol
 
 import orjson
 
@@ -41,9 +41,11 @@ class Received:
     binary: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Sent:
-    """A ``user_message`` a user sent on one of its connections."""
+class Sent(NamedTuple):
+    """A ``user_message`` a user sent on one of its connections.
+
+    A named tuple (one per message sent): built six times faster than a frozen dataclass.
+    """
 
     scenario: ScenarioId
     sender: UserKey
@@ -105,8 +107,7 @@ class HttpExchange:
 Record = Received | Sent | Opened | Closed | HttpExchange
 
 
-@dataclass(frozen=True, slots=True)
-class ReceivedBatch:
+class ReceivedBatch(NamedTuple):
     """Frames one connection received in one read of its socket, in order.
 
     The same facts as one :class:`Received` per frame (:meth:`records` builds
@@ -124,6 +125,8 @@ class ReceivedBatch:
     """``(raw text, binary)`` of each frame, as the transport delivered it."""
     frames: Sequence[Frame]
     """Each frame decoded by the codec, in the same order."""
+    every_event: bool = False
+    """Every frame decoded to an :class:`~harness.aep.Event` (``False`` is always safe)."""
 
     def record(self, index: int) -> Received:
         """The :class:`Received` of frame ``index``."""
@@ -244,13 +247,14 @@ class EventLog:
         path: the file (created, or appended to).
         redact: applied to every line before it is written, so no token or
             secret a service echoes back reaches the disk.
-        needs_redaction: an optional cheap test, true for every line that
-            ``redact`` would change (a necessary condition, such as "contains
-            a secret's first characters"); lines it clears are written as they
-            are, which spares the full redaction pass on nearly every frame.
-            It must also hold for any text that contains a text it holds for
-            (a substring test does): :meth:`write_batch` asks it once about a
-            whole batch of lines. ``None``: every line goes through ``redact``.
+        needs_redaction: an optional cheap test of a line's UTF-8 bytes, true
+            for every line that ``redact`` would change (a necessary condition,
+            such as "contains a secret's first characters"); lines it clears are
+            written as they are, which spares the full redaction pass on nearly
+            every frame. It must also hold for any text that contains a text it
+            holds for (a substring test does): :meth:`write_batch` asks it once
+            about a whole batch of lines. ``None``: every line goes through
+            ``redact``.
         flush_interval_s: the most a killed run can lose.
 
     Lines go through a large write buffer; the flush interval, not the
@@ -265,7 +269,7 @@ class EventLog:
         path: Path,
         *,
         redact: Callable[[str], str] | None = None,
-        needs_redaction: Callable[[str], bool] | None = None,
+        needs_redaction: Callable[[bytes], bool] | None = None,
         flush_interval_s: float = 0.2,
     ) -> None:
         self.path = path
@@ -285,10 +289,8 @@ class EventLog:
         """Append one JSON object as a line."""
         data = orjson.dumps(obj)
         redact = self._redact
-        if redact is not None:
-            text = data.decode()
-            if self._needs is None or self._needs(text):
-                data = redact(text).encode()
+        if redact is not None and (self._needs is None or self._needs(data)):
+            data = redact(data.decode()).encode()
         with self._lock:
             if self._file is None:
                 return
@@ -319,34 +321,39 @@ class EventLog:
             }
         )[:-3]  # ends with '"raw":'; each frame adds its raw text and the '}'
         dumps = orjson.dumps
-        lines = [
-            head + dumps(raw) + b"}\n"
-            if not binary and len(raw) <= RAW_LIMIT
-            else dumps(to_json(batch.record(index))) + b"\n"
-            for index, (raw, binary) in enumerate(batch.received)
-        ]
-        data = b"".join(lines)
+        received = batch.received
+        # The common batch: text frames within the limit, each line the head, its raw, '}'.
+        raws = [dumps(raw) for raw, binary in received if not binary and len(raw) <= RAW_LIMIT]
+        if len(raws) == len(received):
+            data = head + (b"}\n" + head).join(raws) + b"}\n"
+        else:
+            data = b"".join(
+                head + dumps(raw) + b"}\n"
+                if not binary and len(raw) <= RAW_LIMIT
+                else dumps(to_json(batch.record(index))) + b"\n"
+                for index, (raw, binary) in enumerate(received)
+            )
         redact = self._redact
         if redact is not None:
             needs = self._needs
-            if needs is None or needs(data.decode()):
-                data = b"".join(self._redacted(line[:-1].decode()) for line in lines)
+            if needs is None or needs(data):
+                data = b"".join(self._redacted(line) for line in data.splitlines())
         with self._lock:
             if self._file is None:
                 return
             self._file.write(data)
-            self.lines += len(lines)
+            self.lines += len(received)
             now = time.monotonic()
             if now - self._last_flush >= self._interval:
                 self._file.flush()
                 self._last_flush = now
 
-    def _redacted(self, text: str) -> bytes:
+    def _redacted(self, line: bytes) -> bytes:
         """One line of :meth:`write_batch`, as :meth:`write_obj` redacts it."""
         assert self._redact is not None
-        if self._needs is None or self._needs(text):
-            text = self._redact(text)
-        return text.encode() + b"\n"
+        if self._needs is None or self._needs(line):
+            line = self._redact(line.decode()).encode()
+        return line + b"\n"
 
     def flush(self) -> None:
         with self._lock:

@@ -124,7 +124,7 @@ class Run:
         lifecycle_timeout_s: how long a run may take before it counts as lost.
         redact: applied to everything written to disk.
         needs_redaction: a cheap necessary condition for ``redact`` to change
-            a line (see :class:`~harness.recording.EventLog`); ``None``: every
+            a line's UTF-8 bytes (see :class:`~harness.recording.EventLog`); ``None``: every
             line is redacted.
         codec: the target's protocol: its lifecycle and whether its events
             carry owner tags decide how runs and deliveries are judged.
@@ -141,7 +141,7 @@ class Run:
         policy: DeliveryPolicy = DeliveryPolicy.OWNER_ONLY,
         lifecycle_timeout_s: float = 20.0,
         redact: Callable[[str], str] | None = None,
-        needs_redaction: Callable[[str], bool] | None = None,
+        needs_redaction: Callable[[bytes], bool] | None = None,
         codec: Codec = AEP_CODEC,
     ) -> None:
         self.target = target

@@ -199,6 +199,8 @@ class Redactor:
         self._literals: set[str] = set()
         self._pattern = re.compile("|".join(_SHAPES))
         self._literal_pattern: re.Pattern[str] | None = None
+        # The same trie over UTF-8 bytes (literal characters encode to literal bytes).
+        self._literal_pattern_utf8: re.Pattern[bytes] | None = None
         self.add(*secrets)
 
     def add(self, *secrets: str) -> None:
@@ -215,9 +217,10 @@ class Redactor:
         # Swapping in a new compiled pattern is one atomic assignment.
         trie = _trie_pattern(self._literals)
         self._literal_pattern = re.compile(trie)
+        self._literal_pattern_utf8 = re.compile(trie.encode())
         self._pattern = re.compile("|".join([trie, *_SHAPES]))
 
-    def needs_redaction(self, text: str) -> bool:
+    def needs_redaction(self, text: str | bytes) -> bool:
         """Whether :meth:`redact` could change ``text``: a cheap necessary condition.
 
         Every shape needs a fixed marker: ``eyJ`` (a JWT), ``token=`` (both query
@@ -226,7 +229,20 @@ class Redactor:
         match. Text with none of them is what :meth:`redact` returns unchanged, found
         in well under a microsecond where the full pass costs ten. A one-character
         test (a ``memchr``) goes first where a marker has a rare character.
+
+        ``text`` may also be UTF-8 bytes (what is about to be written), judged
+        as the text they encode, and faster: a bytes search does not depend on
+        the widest character in the text, and only ASCII letters need lowering
+        (no other character matches ``bearer`` case-insensitively).
         """
+        if isinstance(text, bytes):
+            literals_utf8 = self._literal_pattern_utf8
+            return (
+                (b"J" in text and b"eyJ" in text)
+                or (b"=" in text and b"token=" in text)
+                or b"bearer " in text.lower()
+                or (literals_utf8 is not None and literals_utf8.search(text) is not None)
+            )
         literals = self._literal_pattern
         return (
             ("J" in text and "eyJ" in text)

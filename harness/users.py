@@ -13,13 +13,13 @@ import asyncio
 import random
 import zlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from functools import cache
+from dataclasses import dataclass
+from functools import cache, partial
 from typing import Literal
 
 from faker import Faker
 
-from harness.aep import AEP_CODEC, Event
+from harness.aep import AEP_CODEC, Event, Frame
 from harness.codec import Codec
 from harness.recording import Clock, Closed, Opened, Received, ReceivedBatch, RecordSink, Sent
 from harness.transport.base import Channel, ChannelClosed
@@ -107,16 +107,69 @@ class SimUser:
         return f"SimUser({self.key})"
 
 
-@dataclass(slots=True)
 class PendingRun:
-    """A message sent and the end of its run, as seen on the sending connection."""
+    """A message sent and the end of its run, as seen on the sending connection.
 
-    message_id: str
-    thread_id: str
-    sent_mono: float
-    done: asyncio.Future[Literal["completed", "cut"]]
-    first_event: asyncio.Event = field(default_factory=asyncio.Event)
-    ended_mono: float | None = None
+    ``outcome`` is ``None`` while the run is in flight, then ``"completed"``
+    or ``"cut"``. The future :attr:`done` and the event :attr:`first_event`
+    are made when first asked for (most runs are only ever looked at through
+    ``outcome``), already settled if the run got that far.
+    """
+
+    __slots__ = (
+        "message_id",
+        "thread_id",
+        "sent_mono",
+        "ended_mono",
+        "outcome",
+        "seen",
+        "_done",
+        "_first",
+    )
+
+    def __init__(self, message_id: str, thread_id: str, sent_mono: float) -> None:
+        self.message_id = message_id
+        self.thread_id = thread_id
+        self.sent_mono = sent_mono
+        self.ended_mono: float | None = None
+        self.outcome: Literal["completed", "cut"] | None = None
+        self.seen = False  # an event of the run arrived
+        self._done: asyncio.Future[Literal["completed", "cut"]] | None = None
+        self._first: asyncio.Event | None = None
+
+    @property
+    def done(self) -> asyncio.Future[Literal["completed", "cut"]]:
+        """Resolves with the outcome when the run ends."""
+        if self._done is None:
+            self._done = asyncio.get_running_loop().create_future()
+            if self.outcome is not None:
+                self._done.set_result(self.outcome)
+        return self._done
+
+    @property
+    def first_event(self) -> asyncio.Event:
+        """Set when the run's first event arrives (or when it ends without one)."""
+        if self._first is None:
+            self._first = asyncio.Event()
+            if self.seen or self.outcome is not None:
+                self._first.set()
+        return self._first
+
+    def _saw_event(self) -> None:
+        self.seen = True
+        if self._first is not None:
+            self._first.set()
+
+    def _end(self, outcome: Literal["completed", "cut"], mono: float) -> None:
+        self.outcome = outcome
+        self.ended_mono = mono
+        if self._done is not None and not self._done.done():
+            self._done.set_result(outcome)
+        if self._first is not None:
+            self._first.set()
+
+    def __repr__(self) -> str:
+        return f"PendingRun({self.message_id!r}, {self.outcome or 'in flight'})"
 
 
 class UserConnection:
@@ -153,12 +206,18 @@ class UserConnection:
         self.user = user
         self.on_run_end = on_run_end
         self._codec = codec
+        self._decode_batch: Callable[[list[tuple[str, bool]]], tuple[list[Frame], bool]]
+        self._decode_batch = getattr(codec, "decode_batch", None) or partial(
+            _decode_each, codec.decode
+        )
         self._terminal = codec.lifecycle.terminal
         self._drops_injected = drops_injected
         self.id = connection_id
         self._channel = channel
         self._scenario = scenario
         self._sink = sink
+        self._record_batch: Callable[[ReceivedBatch], None] | None
+        self._record_batch = getattr(sink, "record_batch", None)
         self._clock = clock
         self._pending: dict[str, PendingRun] = {}
         self.closed: Closed | None = None
@@ -170,7 +229,7 @@ class UserConnection:
     @property
     def in_flight(self) -> int:
         """Runs this connection started whose end it has not seen."""
-        return sum(1 for run in self._pending.values() if not run.done.done())
+        return sum(1 for run in self._pending.values() if run.outcome is None)
 
     async def send_message(self, thread_id: str) -> PendingRun:
         """Send a canary-carrying message in ``thread_id`` (AEP/1: a ``user_message``).
@@ -213,7 +272,7 @@ class UserConnection:
         message_id, content = self.user.next_message(thread_id)
         clock = self._clock
         now = clock.mono()
-        run = PendingRun(message_id, thread_id, now, asyncio.get_running_loop().create_future())
+        run = PendingRun(message_id, thread_id, now)
         self._pending[message_id] = run
         self._sink.record(
             Sent(self._scenario, self.user.key, self.id, now, clock.wall(), message_id, thread_id)
@@ -259,13 +318,15 @@ class UserConnection:
     def _received(self, frames: list[tuple[str, bool]]) -> None:
         """Record frames that arrived together and settle the runs they complete."""
         scenario, user, conn = self._scenario, self.user.key, self.id
-        pending, decode, terminal = self._pending, self._codec.decode, self._terminal
+        pending, terminal = self._pending, self._terminal
         mono = self._clock.mono()
         wall = self._clock.wall()
-        decoded = [decode(text, binary=binary) for text, binary in frames]
-        record_batch = getattr(self._sink, "record_batch", None)
+        decoded, every_event = self._decode_batch(frames)
+        record_batch = self._record_batch
         if record_batch is not None:  # the run: one write and one pass of each oracle
-            record_batch(ReceivedBatch(scenario, user, conn, mono, wall, frames, decoded))
+            record_batch(
+                ReceivedBatch(scenario, user, conn, mono, wall, frames, decoded, every_event)
+            )
         else:
             record = self._sink.record
             for (text, binary), frame in zip(frames, decoded, strict=True):
@@ -276,11 +337,10 @@ class UserConnection:
                 if frame.message_id != message_id:
                     message_id = frame.message_id
                     run = pending.get(message_id)
-                    if run is not None:
-                        run.first_event.set()
-                if run is not None and frame.type == terminal and not run.done.done():
-                    run.ended_mono = mono
-                    run.done.set_result("completed")
+                    if run is not None and not run.seen:
+                        run._saw_event()
+                if run is not None and frame.type == terminal and run.outcome is None:
+                    run._end("completed", mono)
                     # Its caller holds the run; a long-lived connection
                     # must not keep every run it ever finished.
                     del pending[message_id]
@@ -298,11 +358,9 @@ class UserConnection:
         mono = self._clock.mono()
         cut = []
         for run in self._pending.values():
-            if not run.done.done():
+            if run.outcome is None:
                 cut.append(run)
-                run.ended_mono = mono
-                run.done.set_result("cut")
-                run.first_event.set()
+                run._end("cut", mono)
         self.closed = Closed(
             self._scenario,
             self.user.key,
@@ -321,7 +379,7 @@ class UserConnection:
 
     async def wait_runs(self, timeout_s: float) -> None:
         """Wait until every run this connection started has ended, or ``timeout_s``."""
-        pending = [run.done for run in self._pending.values() if not run.done.done()]
+        pending = [run.done for run in self._pending.values() if run.outcome is None]
         if pending:
             await asyncio.wait(pending, timeout=timeout_s)
 
@@ -342,6 +400,14 @@ class UserConnection:
     def forget(self, message_id: str) -> None:
         """Drop a run from the pending table (its end was seen and handled)."""
         self._pending.pop(message_id, None)
+
+
+def _decode_each(
+    decode: Callable[..., Frame], frames: list[tuple[str, bool]]
+) -> tuple[list[Frame], bool]:
+    """A codec's ``decode`` applied to every frame (for a codec without ``decode_batch``)."""
+    out = [decode(text, binary=binary) for text, binary in frames]
+    return out, all(type(frame) is Event for frame in out)
 
 
 def _retrieve(task: asyncio.Future[None]) -> None:

@@ -316,7 +316,7 @@ async def _closed_loop(
             nonlocal n, sent, overlapping
             try:
                 if n < messages and not all_done.done():
-                    if ended is None or ended.done.result() == "completed":
+                    if ended is None or ended.outcome == "completed":
                         thread = thread_of(conn.user, n)
                         n += 1
                         threads.add((conn.user.key, thread))

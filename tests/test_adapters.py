@@ -57,7 +57,7 @@ class TaglessCodec:
     def decode(self, raw: str, *, binary: bool = False) -> Frame:
         frame = parse_frame(raw, binary=binary)
         if isinstance(frame, Event):
-            return dataclasses.replace(frame, user_id=None, tenant_id=None, seq=None)
+            return frame._replace(user_id=None, tenant_id=None, seq=None)
         return frame
 
 

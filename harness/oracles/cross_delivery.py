@@ -15,7 +15,9 @@ its canary, so whatever the service derives from it still names its owner.
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 from harness.aep import Event, Malformed, decode_json
 from harness.canary import CanaryBook
@@ -27,8 +29,9 @@ from harness.types import DeliveryPolicy, TenantId, UserId, UserKey, ViolationKi
 
 CANARY_PREFIX = "iso"
 """How every canary begins (:data:`harness.canary.CANARY_RE`)."""
-MAX_RECEIVERS = 100_000
-"""Receivers whose own canary is remembered (bounded memory in the longest soak)."""
+MAX_RECEIVERS = 20_000
+"""Receivers whose own canary is remembered, as a compiled search of about 700 bytes
+(bounded memory in the longest soak; later receivers are scanned in full)."""
 
 
 def tagged_owner(obj: Any, receiver: UserKey) -> UserKey | None:
@@ -61,8 +64,9 @@ class CrossDeliveryOracle:
         self._policy = policy
         self._seed = seed
         self._owner_tags = owner_tags
-        # Each receiver's own canary, once seen, when it holds no other "iso".
-        self._own: dict[UserKey, str] = {}
+        # For each receiver whose own canary was seen (and holds no other "iso"):
+        # the search for an "iso" that does not start that canary.
+        self._foreign: dict[UserKey, Callable[[str], re.Match[str] | None]] = {}
 
     def check(self, rec: Received) -> list[Finding]:
         """Return one finding per foreign owner found in ``rec`` (usually none)."""
@@ -98,30 +102,44 @@ class CrossDeliveryOracle:
         """
         receiver = batch.receiver
         user, tenant = receiver.user, receiver.tenant
+        received = batch.received
         suspect = False
-        for frame, (raw, _) in zip(batch.frames, batch.received, strict=True):
-            if type(frame) is Event:
-                tag = frame.user_id
-                if tag is not None and (tag != user or frame.tenant_id not in (tenant, None)):
-                    suspect = True
+        if batch.every_event:
+            if self._owner_tags:
+                for event in cast("Sequence[Event]", batch.frames):
+                    tag = event.user_id
+                    if tag is not None and (tag != user or event.tenant_id not in (tenant, None)):
+                        suspect = True
+                        break
+        else:
+            for frame, (raw, _) in zip(batch.frames, received, strict=True):
+                if type(frame) is Event:
+                    tag = frame.user_id
+                    if tag is not None and (tag != user or frame.tenant_id not in (tenant, None)):
+                        suspect = True
+                        break
+                elif getattr(frame, "user_id", None) is not None or '"user_id"' in raw:
+                    suspect = True  # a malformed frame's tags, or a frame type of another codec
                     break
-            elif getattr(frame, "user_id", None) is not None or '"user_id"' in raw:
-                suspect = True  # a malformed frame's tags, or a frame type of another codec
-                break
         if not suspect:
-            received = batch.received
             # "\n" is outside the canary alphabet: no canary spans two frames.
-            text = received[0][0] if len(received) == 1 else "\n".join(r for r, _ in received)
-            own = self._own.get(receiver)
+            text = received[0][0] if len(received) == 1 else "\n".join([r for r, _ in received])
+            foreign = self._foreign.get(receiver)
             # Every canary starts with "iso" and is read from where it starts. When
             # every "iso" in the text starts a copy of the receiver's own canary
             # (which has no "iso" inside), every canary in it is that one: the
-            # usual batch, settled by two counts instead of a scan of each copy.
-            if own is None or text.count(CANARY_PREFIX) != text.count(own):
+            # usual batch, settled by one search instead of a scan of each copy.
+            if foreign is None or foreign(text) is not None:
                 for canary, owner in self._canaries.find(text):
                     if owner == receiver:
-                        if CANARY_PREFIX not in canary[1:] and len(self._own) < MAX_RECEIVERS:
-                            self._own[receiver] = canary
+                        if (
+                            foreign is None
+                            and CANARY_PREFIX not in canary[1:]
+                            and len(self._foreign) < MAX_RECEIVERS
+                        ):
+                            # An "iso" that does not start the receiver's canary.
+                            pattern = "iso(?!" + re.escape(canary[len(CANARY_PREFIX) :]) + ")"
+                            self._foreign[receiver] = re.compile(pattern).search
                     elif not permitted(self._policy, owner, receiver):
                         suspect = True
                         break
