@@ -172,6 +172,17 @@ def _clip(text: str) -> dict[str, Any]:
 
 def to_json(rec: Record) -> dict[str, Any]:
     """The ``events.jsonl`` form of a record (one JSON object per line)."""
+    if isinstance(rec, Sent):  # the hot path: one per message (received frames come in batches)
+        return {
+            "k": "sent",
+            "t": rec.wall,
+            "m": round(rec.mono, 6),
+            "scenario": rec.scenario,
+            "user": f"{rec.sender.tenant}/{rec.sender.user}",
+            "conn": rec.connection,
+            "message_id": rec.message_id,
+            "thread_id": rec.thread_id,
+        }
     if isinstance(rec, Received):
         # The hot path (one per frame): one dict, built in its final key order.
         receiver = rec.receiver
@@ -190,17 +201,6 @@ def to_json(rec: Record) -> dict[str, Any]:
         if rec.binary:
             line["binary"] = True
         return line
-    if isinstance(rec, Sent):
-        return {
-            "k": "sent",
-            "t": rec.wall,
-            "m": round(rec.mono, 6),
-            "scenario": rec.scenario,
-            "user": str(rec.sender),
-            "conn": rec.connection,
-            "message_id": rec.message_id,
-            "thread_id": rec.thread_id,
-        }
     if isinstance(rec, Opened):
         return {
             "k": "open",

@@ -253,7 +253,10 @@ class Run:
                 self.sweep()
 
     def _observe(self, rec: Record) -> None:
-        if isinstance(rec, Received):
+        if isinstance(rec, Sent):  # the hot path: one per message
+            self.counts["messages_sent"] += 1
+            self._lifecycle.on_sent(rec)
+        elif isinstance(rec, Received):
             # The hot path, once per frame: findings are rare, so only a
             # non-empty list is handed on.
             self.counts["events_received"] += 1
@@ -270,9 +273,6 @@ class Run:
                 self.error("protocol_error", frame.reason, clip(rec.raw, 512))
             elif isinstance(frame, ErrorFrame):
                 self.error("target_rejected_frame", f"{frame.code}: {frame.message}"[:200])
-        elif isinstance(rec, Sent):
-            self.counts["messages_sent"] += 1
-            self._lifecycle.on_sent(rec)
         elif isinstance(rec, Opened):
             self.counts["connections"] += 1
             if rec.user not in self.users:

@@ -279,6 +279,41 @@ def test_no_secret_survives_anywhere_in_any_text(secret_list: list[str], pieces:
         assert s not in out
 
 
+#: Text that may hold every marker in any case, non-ASCII letters, and the secrets.
+GATE_PIECES = st.sampled_from(
+    ["eyJ", "hbGc", ".", "token=", "?", "&", "bEaReR ", "BEARER", " ", "x", "é", "日本", "\\"]
+)
+
+
+@given(
+    secret_list=st.lists(st.text(SECRET_CHARS + "é", min_size=4, max_size=10), max_size=3),
+    pieces=st.lists(st.one_of(GATE_PIECES, st.text(max_size=6)), max_size=12),
+    cut=st.integers(min_value=0, max_value=3),
+)
+def test_the_redaction_gate_holds_for_every_text_redaction_would_change(
+    secret_list: list[str], pieces: list[str], cut: int
+) -> None:
+    """needs_redaction is a necessary condition, on text and on its UTF-8 bytes alike:
+    whatever redact would change, the gate lets through (the event log relies on it)."""
+    redactor = Redactor(secret_list)
+    text = "".join(pieces) + "".join(s[cut:] for s in secret_list)
+    if redactor.redact(text) != text:
+        assert redactor.needs_redaction(text)
+        assert redactor.needs_redaction(text.encode())
+    assert redactor.needs_redaction(text) == redactor.needs_redaction(text.encode())
+
+
+def test_the_redaction_gate_passes_a_clean_frame_and_stops_each_marker() -> None:
+    redactor = Redactor([SECRET])
+    clean = '{"type":"agent_thinking","data":{"thought":"Jürgen 日本 about isoabc"}}'
+    assert not redactor.needs_redaction(clean)
+    assert not redactor.needs_redaction(clean.encode())
+    for marker in ("eyJhbGc", "?token=abc", "Authorization: BeArEr abc", SECRET):
+        dirty = clean.replace("isoabc", marker)
+        assert redactor.needs_redaction(dirty), marker
+        assert redactor.needs_redaction(dirty.encode()), marker
+
+
 # --- logging --------------------------------------------------------------------
 
 

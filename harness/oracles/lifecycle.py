@@ -103,6 +103,7 @@ class LifecycleOracle:
         self._singular = lifecycle.singular
         self._repeatable = tuple(name for name in lifecycle.events if name in lifecycle.repeatable)
         self._terminal = lifecycle.terminal
+        self._lifecycle_events = frozenset(lifecycle.events)
         self._timeout = timeout_s
         self._settle = settle_s
         self._seed = seed
@@ -368,6 +369,15 @@ class LifecycleOracle:
         return findings
 
     def _judge(self, run: _Run, *, now: float) -> list[Finding]:
+        if (
+            run.completed_at is not None
+            and not run.seqs
+            and not run.malformed
+            and run.kinds.issuperset(self._lifecycle_events)
+        ):
+            # The common run: complete, every event type seen, its seqs 1..max in order.
+            self.completed += 1
+            return []
         mid = run.sent.message_id
         if run.completed_at is None and not run.kinds and not run.malformed:
             if self._heard.get(run.sent.connection, -math.inf) < run.sent.mono:
