@@ -239,7 +239,7 @@ class Run:
         found = self._lifecycle.on_batch(batch)
         if found:
             self.add_findings(found)
-        for index, frame in enumerate(batch.frames):
+        for index, frame in enumerate(() if batch.every_event else batch.frames):
             if type(frame) is Event:
                 pass
             elif isinstance(frame, Malformed):

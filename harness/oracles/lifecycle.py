@@ -100,7 +100,8 @@ class LifecycleOracle:
     ) -> None:
         self.lifecycle = lifecycle
         self._phase = lifecycle.phase
-        self._singular = lifecycle.singular
+        self._singular = lifecycle.singular  # in order, for messages
+        self._singular_set = frozenset(self._singular)  # for membership, once per frame
         self._repeatable = tuple(name for name in lifecycle.events if name in lifecycle.repeatable)
         self._terminal = lifecycle.terminal
         self._lifecycle_events = frozenset(lifecycle.events)
@@ -179,7 +180,7 @@ class LifecycleOracle:
                 f"received twice on {rec.connection}",
                 rec,
             )
-        elif event.type in self._singular and event.type in run.kinds:
+        elif event.type in self._singular_set and event.type in run.kinds:
             findings += self._flag(
                 run,
                 ViolationKind.DUPLICATE_EVENT,
@@ -216,7 +217,8 @@ class LifecycleOracle:
             return []
         connection = batch.connection
         self._heard[connection] = batch.mono
-        runs, phases, singular = self._runs, self._phase, self._singular
+        runs, phases, singular = self._runs, self._phase, self._singular_set
+        terminal = self._terminal
         findings: list[Finding] = []
         message_id, run = None, None  # a read's frames are mostly one run's
         for index, event in enumerate(batch.frames):
@@ -249,7 +251,7 @@ class LifecycleOracle:
                     run.events += 1
                     if len(run.types) < TYPES_KEPT:
                         run.types.append(kind)
-                    if kind == self._terminal and run.completed_at is None:
+                    if kind == terminal and run.completed_at is None:
                         self._complete(run, batch.mono)
                     continue
             elif not isinstance(event, Malformed):
