@@ -24,7 +24,7 @@ import pytest
 
 from harness.aep import parse_frame
 from harness.oracles.memory_growth import GrowthDecision, MemorySample, decide_memory_growth
-from harness.recording import Closed, HttpExchange, Opened, Received, Record, Sent
+from harness.recording import Clock, Closed, HttpExchange, Opened, Received, Record, Sent
 from harness.run import Run, Target
 from harness.transport.memory import MemoryConnector, ServerSide
 from harness.types import ConnectionId, ScenarioId, TenantId, UserId, UserKey
@@ -33,6 +33,25 @@ from harness.users import SimUser, UserConnection, make_identity
 SCENARIO = ScenarioId("tests/test_harness_memory.py::soak")
 KINDS = ("agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_completed")
 USERS = [UserKey(TenantId(f"t{n % 5}"), UserId(f"u{n // 5}")) for n in range(50)]
+
+
+class TickingClock(Clock):
+    """A clock that advances a fixed step each time it is read.
+
+    What a run keeps for a while after a run completes (the lifecycle's settle
+    period) is bounded by time, not by count: on the real clock its size follows
+    how fast this machine happens to be going, and that noise is of the size of
+    the leaks these tests must see. Counted time keeps it the same every batch.
+    """
+
+    def __init__(self, step_s: float = 0.001) -> None:
+        super().__init__()
+        self.step_s = step_s
+        self.ticks = 0
+
+    def mono(self) -> float:
+        self.ticks += 1
+        return self.ticks * self.step_s
 
 
 @pytest.fixture
@@ -45,6 +64,7 @@ def run(tmp_path: Path) -> Iterator[Run]:
         run_id="20260101T000000Z-h4rn3s",
         lifecycle_timeout_s=600.0,  # no run here may expire while the test is running
     )
+    run.clock = TickingClock()
     yield run
     run.close()
 
