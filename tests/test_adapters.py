@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 from e2e_helpers import SECRET, closed_port, reference_service
@@ -57,7 +58,7 @@ class TaglessCodec:
     def decode(self, raw: str, *, binary: bool = False) -> Frame:
         frame = parse_frame(raw, binary=binary)
         if isinstance(frame, Event):
-            return frame._replace(user_id=None, tenant_id=None, seq=None)
+            return msgspec.structs.replace(frame, user_id=None, tenant_id=None, seq=None)
         return frame
 
 
