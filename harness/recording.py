@@ -240,6 +240,20 @@ def to_json(rec: Record) -> dict[str, Any]:
     return line
 
 
+def received_frames(line: dict[str, Any]) -> list[Any]:
+    """The frames of one ``recv`` line of ``events.jsonl``, in the order they arrived.
+
+    A line written for one read holds them all in ``raws``; a line written for
+    one frame (binary, truncated, or recorded on its own) holds it in ``raw``.
+    Whatever the values are is returned as it is: a reader of a file it did not
+    write checks them.
+    """
+    raws = line.get("raws")
+    if isinstance(raws, list):
+        return raws
+    return [line["raw"]] if "raw" in line else []
+
+
 class EventLog:
     """Appends records to a JSONL file, flushing at least every ``flush_interval_s``.
 
@@ -302,14 +316,22 @@ class EventLog:
                 self._last_flush = now
 
     def write_batch(self, batch: ReceivedBatch) -> None:
-        """Append one line per frame of ``batch``: the lines :meth:`write` gives each
-        :class:`Received`, byte for byte, built from one serialised head.
+        """Append ``batch`` as one ``recv`` line whose ``raws`` are its frames, in order.
 
-        The redaction pre-check runs once on the whole batch; only when it
-        fires is each line checked and redacted on its own.
+        A batch with a binary frame or one over :data:`RAW_LIMIT` is written as
+        :meth:`write` writes each :class:`Received` instead (one line per frame,
+        with ``raw`` and its flags). :func:`received_frames` reads either form.
         """
+        received = batch.received
+        for raw, binary in received:
+            if binary or len(raw) > RAW_LIMIT:
+                self._write_lines(
+                    b"".join(orjson.dumps(to_json(rec)) + b"\n" for rec in batch.records()),
+                    len(received),
+                )
+                return
         receiver = batch.receiver
-        head = orjson.dumps(
+        line = orjson.dumps(
             {
                 "k": "recv",
                 "t": batch.wall,
@@ -317,22 +339,13 @@ class EventLog:
                 "scenario": batch.scenario,
                 "user": f"{receiver.tenant}/{receiver.user}",
                 "conn": batch.connection,
-                "raw": "",
+                "raws": [raw for raw, _ in received],
             }
-        )[:-3]  # ends with '"raw":'; each frame adds its raw text and the '}'
-        dumps = orjson.dumps
-        received = batch.received
-        # The common batch: text frames within the limit, each line the head, its raw, '}'.
-        raws = [dumps(raw) for raw, binary in received if not binary and len(raw) <= RAW_LIMIT]
-        if len(raws) == len(received):
-            data = head + (b"}\n" + head).join(raws) + b"}\n"
-        else:
-            data = b"".join(
-                head + dumps(raw) + b"}\n"
-                if not binary and len(raw) <= RAW_LIMIT
-                else dumps(to_json(batch.record(index))) + b"\n"
-                for index, (raw, binary) in enumerate(received)
-            )
+        )
+        self._write_lines(line + b"\n", 1)
+
+    def _write_lines(self, data: bytes, lines: int) -> None:
+        """Write whole lines, redacting each the gate does not clear."""
         redact = self._redact
         if redact is not None:
             needs = self._needs
@@ -342,7 +355,7 @@ class EventLog:
             if self._file is None:
                 return
             self._file.write(data)
-            self.lines += len(received)
+            self.lines += lines
             now = time.monotonic()
             if now - self._last_flush >= self._interval:
                 self._file.flush()

@@ -6,10 +6,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from harness.aep import parse_frame
-from harness.recording import RAW_LIMIT, EventLog, Received, ReceivedBatch
+from harness.recording import RAW_LIMIT, EventLog, Received, ReceivedBatch, received_frames
 from harness.safety import Redactor
 from harness.types import ConnectionId, ScenarioId, TenantId, UserId, UserKey
 
@@ -44,25 +45,65 @@ def written(tmp_path: Path, name: str, write: Callable[[EventLog], None], **opti
     return (tmp_path / name).read_bytes()
 
 
-@pytest.mark.parametrize("redaction", ["none", "gated", "every line"])
-def test_a_batch_is_written_as_its_records_are_one_by_one(tmp_path: Path, redaction: str) -> None:
+REDACTION = ["none", "gated", "every line"]
+
+
+def log_options(redaction: str, redact: Callable[[str], str] | None = None) -> dict[str, Any]:
     redactor = Redactor([SECRET])
-    options: dict[str, Any] = {
+    redact = redact or redactor.redact
+    return {
         "none": {},
-        "gated": {"redact": redactor.redact, "needs_redaction": redactor.needs_redaction},
-        "every line": {"redact": redactor.redact},
+        "gated": {"redact": redact, "needs_redaction": redactor.needs_redaction},
+        "every line": {"redact": redact},
     }[redaction]
+
+
+def lines_of(data: bytes) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in data.splitlines()]
+
+
+TEXT_FRAMES = [frame for frame in FRAMES if not frame[1] and len(frame[0]) <= RAW_LIMIT]
+
+
+@pytest.mark.parametrize("redaction", REDACTION)
+def test_a_read_of_text_frames_is_one_line_holding_them_in_order(
+    tmp_path: Path, redaction: str
+) -> None:
+    batch = batch_of(TEXT_FRAMES)
+    got = written(
+        tmp_path, "batch.jsonl", lambda log: log.write_batch(batch), **log_options(redaction)
+    )
+    [line] = lines_of(got)
+    [first] = lines_of(written(tmp_path, "one.jsonl", lambda log: log.write(batch.record(0))))
+    del first["raw"]
+    assert {key: value for key, value in line.items() if key != "raws"} == first
+    frames = received_frames(line)
+    if redaction == "none":
+        assert frames == [raw for raw, _ in TEXT_FRAMES]
+    else:  # only the frame with the secret and the bearer token changed
+        assert frames[:-1] == [raw for raw, _ in TEXT_FRAMES[:-1]]
+        assert frames[-1] == "an echoed secret *** and a bearer ***"
+
+
+@pytest.mark.parametrize("redaction", REDACTION)
+def test_a_read_with_a_binary_or_oversized_frame_is_written_frame_by_frame(
+    tmp_path: Path, redaction: str
+) -> None:
     batch = batch_of(FRAMES)
 
     def one_by_one(log: EventLog) -> None:
         for rec in batch.records():
             log.write(rec)
 
-    expected = written(tmp_path, "one.jsonl", one_by_one, **options)
-    got = written(tmp_path, "batch.jsonl", lambda log: log.write_batch(batch), **options)
+    expected = written(tmp_path, "one.jsonl", one_by_one, **log_options(redaction))
+    got = written(
+        tmp_path, "batch.jsonl", lambda log: log.write_batch(batch), **log_options(redaction)
+    )
     assert got == expected
     assert got.count(b"\n") == len(FRAMES)
     assert (SECRET.encode() in got) is (redaction == "none")
+    frames = [raw for line in lines_of(got) for raw in received_frames(line)]
+    assert len(frames) == len(FRAMES)
 
 
 def test_a_clean_batch_is_never_redacted_and_a_dirty_one_only_where_needed(
@@ -75,8 +116,9 @@ def test_a_clean_batch_is_never_redacted_and_a_dirty_one_only_where_needed(
         redacted.append(text)
         return redactor.redact(text)
 
-    options = {"redact": redact, "needs_redaction": redactor.needs_redaction}
+    options = log_options("gated", redact)
     written(tmp_path, "clean.jsonl", lambda log: log.write_batch(batch_of(FRAMES[:3])), **options)
+    written(tmp_path, "clean.jsonl", lambda log: log.write_batch(batch_of(FRAMES[:2])), **options)
     assert redacted == []
     written(tmp_path, "dirty.jsonl", lambda log: log.write_batch(batch_of(FRAMES)), **options)
     assert len(redacted) == 1

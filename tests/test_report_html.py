@@ -364,6 +364,19 @@ def test_latency_is_measured_to_the_first_receipt_by_the_sender(tmp_path: Path) 
     assert "agent_completed 1 1,200 ms" in page.text
 
 
+def test_frames_that_arrived_in_one_read_are_each_timed_at_that_read(tmp_path: Path) -> None:
+    frames = [
+        json.dumps({"type": kind, "message_id": "m-1"})
+        for kind in ("agent_started", "agent_thinking")
+    ]
+    read = {"k": "recv", "t": 1000.6, "m": 0.6, "user": "t0/user-1", "conn": "c1", "raws": frames}
+    events = EVENTS.splitlines(keepends=True)
+    page = render(make_run(tmp_path, events=events[1] + json.dumps(read) + "\n"))
+
+    assert "agent_started 1 100 ms" in page.text
+    assert "agent_thinking 1 100 ms" in page.text
+
+
 def test_charts_say_no_data_when_timeline_and_events_are_missing(tmp_path: Path) -> None:
     page = render(make_run(tmp_path, timeline=None, events=None))
 

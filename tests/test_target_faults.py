@@ -29,7 +29,7 @@ from misbehaving_target import MisbehavingTarget
 from harness.adapters import AdapterContext
 from harness.adapters.aep import aep_via
 from harness.credentials import JwtCredentials
-from harness.recording import RAW_LIMIT
+from harness.recording import RAW_LIMIT, received_frames
 from harness.run import UNRESPONSIVE, Run, Target
 from harness.scenario import Scenario, Sizes, Wiring
 from harness.transport.base import HttpResponse
@@ -139,9 +139,9 @@ def assert_survived(run: Run, *, violations: tuple[str, ...] = ()) -> list[dict[
     run.log.flush()
     lines = [orjson.loads(line) for line in run.log.path.read_bytes().splitlines()]
     assert all(isinstance(line, dict) and line["k"] for line in lines)
-    received = [line for line in lines if line["k"] == "recv"]
+    received = [raw for line in lines if line["k"] == "recv" for raw in received_frames(line)]
     assert len(received) == run.counts["events_received"]
-    assert all(len(line["raw"]) <= RAW_LIMIT for line in received)
+    assert all(len(raw) <= RAW_LIMIT for raw in received)
     return lines
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from harness.adapters import AdapterContext
 from harness.adapters.aep import aep_via
+from harness.recording import received_frames
 from harness.run import Run, Target
 from harness.scenario import Scenario, Sizes, Wiring
 from harness.transport.base import HttpResponse
@@ -141,7 +142,8 @@ def test_every_frame_is_in_events_jsonl(scenario_on, tmp_path):
     harness.chat(harness.users(2, tenants=1), messages=1, connections=1)
     harness.run.close()
     lines = [orjson.loads(line) for line in (tmp_path / "events.jsonl").read_bytes().splitlines()]
-    assert sum(1 for line in lines if line["k"] == "recv") == harness.run.counts["events_received"]
+    received = [raw for line in lines if line["k"] == "recv" for raw in received_frames(line)]
+    assert len(received) == harness.run.counts["events_received"]
     assert {line["k"] for line in lines} >= {"open", "sent", "recv", "close"}
 
 
@@ -166,7 +168,9 @@ def test_a_closed_loop_sends_each_message_after_the_last_run_completed(scenario_
     lines = [orjson.loads(line) for line in (tmp_path / "events.jsonl").read_bytes().splitlines()]
     by_conn: dict[str, list[str]] = {}
     for line in lines:
-        if line["k"] == "sent" or (line["k"] == "recv" and '"agent_completed"' in line["raw"]):
+        if line["k"] == "sent" or (
+            line["k"] == "recv" and any('"agent_completed"' in raw for raw in received_frames(line))
+        ):
             by_conn.setdefault(line["conn"], []).append(line["k"])
     # One message in flight per connection: sent, completed, sent, completed …
     assert all(kinds == ["sent", "recv"] * 4 for kinds in by_conn.values()), by_conn

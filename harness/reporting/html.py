@@ -32,6 +32,7 @@ import orjson
 from markupsafe import Markup
 
 from harness.errors import UsageError
+from harness.recording import received_frames
 from harness.reporting.charts import (
     Decimator,
     LatencyRow,
@@ -277,16 +278,21 @@ def _read_events(paths: Sequence[Path], *, seed: int) -> _Events:
                 continue
             latency.sent(message_id, m, user=user, conn=conn)
         elif kind == "recv":
-            if m is None or not rates.add(m):
+            raws = received_frames(record)
+            if m is None or not raws:
                 info.skipped += 1
                 continue
-            frame = _frame(record.get("raw"))
-            if frame is None:
-                bad_frames += 1
-                continue
-            event_type, message_id = frame.get("type"), frame.get("message_id")
-            if isinstance(event_type, str) and isinstance(message_id, str):
-                latency.received(message_id, event_type, m, user=user, conn=conn)
+            for raw in raws:  # frames of one read: received at the same moment
+                if not rates.add(m):
+                    info.skipped += 1
+                    continue
+                frame = _frame(raw)
+                if frame is None:
+                    bad_frames += 1
+                    continue
+                event_type, message_id = frame.get("type"), frame.get("message_id")
+                if isinstance(event_type, str) and isinstance(message_id, str):
+                    latency.received(message_id, event_type, m, user=user, conn=conn)
     if kinds:
         info.notes.append("records: " + ", ".join(f"{k} {n:,}" for k, n in kinds.most_common()))
     if bad_frames:
