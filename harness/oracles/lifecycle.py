@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from harness.aep import AEP_LIFECYCLE, Event, Malformed
@@ -35,37 +35,66 @@ from harness.types import ConnectionId, ViolationKind
 
 TYPES_KEPT = 64
 """Event types of a run kept for the evidence; a run may send any number of thoughts."""
+_EMPTY: frozenset[Any] = frozenset()
 
 
-@dataclass(slots=True)
 class _Run:
-    # Memory per run is bounded however many events the target sends for it:
-    # in-order seqs fold into ``prefix``, types into ``kinds`` and ``last``.
-    sent: Sent
-    prefix: int = 0  # every seq in 1..prefix was received
-    seqs: set[int] = field(default_factory=set)  # the other seqs received
-    max_seq: int = 0
-    max_phase: int = -1
-    types: list[str] = field(default_factory=list)  # the first TYPES_KEPT
-    kinds: set[str] = field(default_factory=set)
-    last: str = "nothing"
-    events: int = 0
-    run_ids: set[str] = field(default_factory=set)
-    completed_at: float | None = None
-    reported: set[ViolationKind] = field(default_factory=set)
-    last_raw: str = ""
-    malformed: set[str] = field(default_factory=set)
-    malformed_count: int = 0
+    """What the oracle holds for one run in flight.
+
+    Memory per run is bounded however many events the target sends for it:
+    in-order seqs fold into ``prefix``, types into ``kinds`` and ``last``. The
+    sets a correct run never fills (out-of-order seqs, reported violations,
+    malformed events) start as one shared empty set and are made on first use:
+    a run is made per message sent.
+    """
+
+    __slots__ = (
+        "sent",
+        "prefix",
+        "seqs",
+        "max_seq",
+        "max_phase",
+        "types",
+        "kinds",
+        "last",
+        "events",
+        "run_ids",
+        "completed_at",
+        "reported",
+        "last_raw",
+        "malformed",
+        "malformed_count",
+    )
+
+    def __init__(self, sent: Sent) -> None:
+        self.sent = sent
+        self.prefix = 0  # every seq in 1..prefix was received
+        self.seqs: AbstractSet[int] = _EMPTY  # the other seqs received
+        self.max_seq = 0
+        self.max_phase = -1
+        self.types: list[str] = []  # the first TYPES_KEPT
+        self.kinds: set[str] = set()
+        self.last = "nothing"
+        self.events = 0
+        self.run_ids: set[str] = set()
+        self.completed_at: float | None = None
+        self.reported: AbstractSet[ViolationKind] = _EMPTY
+        self.last_raw = ""
+        self.malformed: AbstractSet[str] = _EMPTY
+        self.malformed_count = 0
 
     def has_seq(self, seq: int) -> bool:
         return 1 <= seq <= self.prefix or seq in self.seqs
 
     def add(self, event: Event) -> None:
         if event.seq is not None and not self.has_seq(event.seq):
-            self.seqs.add(event.seq)
-            while self.prefix + 1 in self.seqs:
+            seqs = self.seqs
+            if not isinstance(seqs, set):
+                seqs = self.seqs = set()
+            seqs.add(event.seq)
+            while self.prefix + 1 in seqs:
                 self.prefix += 1
-                self.seqs.remove(self.prefix)
+                seqs.remove(self.prefix)
         if len(self.run_ids) < 4:
             self.run_ids.add(event.run_id)
         self.kinds.add(event.type)
@@ -273,6 +302,8 @@ class LifecycleOracle:
         if run is None:
             return
         kind = obj.get("type")
+        if not isinstance(run.malformed, set):
+            run.malformed = set()
         run.malformed.add(kind if isinstance(kind, str) and kind in self._phase else "?")
         run.malformed_count += 1
         if kind == self._terminal and run.completed_at is None:
@@ -421,6 +452,8 @@ class LifecycleOracle:
     ) -> list[Finding]:
         if kind in run.reported:
             return []
+        if not isinstance(run.reported, set):
+            run.reported = set()
         run.reported.add(kind)
         sent = run.sent
         evidence: dict[str, Any] = {
