@@ -29,6 +29,8 @@ MASK = "***"
 
 #: Secrets shorter than this are ignored: masking "ab" everywhere would mask everything.
 MIN_SECRET_LENGTH = 4
+FEW_LITERALS = 16
+"""Up to this many secret variants, the redaction gate looks for each one itself."""
 
 _B64URL = "[A-Za-z0-9_-]"
 #: A JWT (JWS or JWE): base64url header and payload of JSON objects (``eyJ`` is
@@ -200,7 +202,10 @@ class Redactor:
         self._pattern = re.compile("|".join(_SHAPES))
         self._literal_pattern: re.Pattern[str] | None = None
         # The same trie over UTF-8 bytes (literal characters encode to literal bytes).
-        self._literal_pattern_utf8: re.Pattern[bytes] | None = None
+        # The bytes gate's view of the secrets, swapped in as one: a few are searched
+        # for as they are (a substring search for a long needle skips ahead by its
+        # length, where the trie's regex steps through every byte), more by the trie.
+        self._literals_utf8: tuple[tuple[bytes, ...], re.Pattern[bytes] | None] = ((), None)
         self.add(*secrets)
 
     def add(self, *secrets: str) -> None:
@@ -217,7 +222,11 @@ class Redactor:
         # Swapping in a new compiled pattern is one atomic assignment.
         trie = _trie_pattern(self._literals)
         self._literal_pattern = re.compile(trie)
-        self._literal_pattern_utf8 = re.compile(trie.encode())
+        few = tuple(literal.encode() for literal in self._literals)
+        if len(few) <= FEW_LITERALS:
+            self._literals_utf8 = (few, None)
+        else:
+            self._literals_utf8 = ((), re.compile(trie.encode()))
         self._pattern = re.compile("|".join([trie, *_SHAPES]))
 
     def needs_redaction(self, text: str | bytes) -> bool:
@@ -236,13 +245,19 @@ class Redactor:
         (no other character matches ``bearer`` case-insensitively).
         """
         if isinstance(text, bytes):
-            literals_utf8 = self._literal_pattern_utf8
-            return (
+            few, literals_utf8 = self._literals_utf8
+            if (
                 (b"J" in text and b"eyJ" in text)
                 or (b"=" in text and b"token=" in text)
                 or b"bearer " in text.lower()
-                or (literals_utf8 is not None and literals_utf8.search(text) is not None)
-            )
+            ):
+                return True
+            if literals_utf8 is not None:
+                return literals_utf8.search(text) is not None
+            for literal in few:
+                if literal in text:
+                    return True
+            return False
         literals = self._literal_pattern
         return (
             ("J" in text and "eyJ" in text)
