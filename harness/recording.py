@@ -270,6 +270,11 @@ class EventLog:
             about a whole batch of lines. ``None``: every line goes through
             ``redact``.
         flush_interval_s: the most a killed run can lose.
+        max_bytes: the most the file may grow by (``None``: no limit). The
+            first line that would take it past is not written, nor is any line
+            after it: a ``{"k": "capped"}`` line ends the file, and
+            :attr:`lines_dropped` counts what was left out. A long soak must
+            not fill the disk; what the oracles see does not depend on the file.
 
     Lines go through a large write buffer; the flush interval, not the
     buffer, bounds what a killed run loses.
@@ -285,6 +290,7 @@ class EventLog:
         redact: Callable[[str], str] | None = None,
         needs_redaction: Callable[[bytes], bool] | None = None,
         flush_interval_s: float = 0.2,
+        max_bytes: int | None = None,
     ) -> None:
         self.path = path
         self._file: IO[bytes] | None = path.open("ab", buffering=WRITE_BUFFER_BYTES)
@@ -293,7 +299,10 @@ class EventLog:
         self._interval = flush_interval_s
         self._last_flush = time.monotonic()
         self._lock = threading.Lock()
+        self.max_bytes = max_bytes
         self.lines = 0
+        self.bytes = 0
+        self.lines_dropped = 0
 
     def write(self, rec: Record) -> None:
         """Append one record."""
@@ -301,19 +310,7 @@ class EventLog:
 
     def write_obj(self, obj: dict[str, Any]) -> None:
         """Append one JSON object as a line."""
-        data = orjson.dumps(obj)
-        redact = self._redact
-        if redact is not None and (self._needs is None or self._needs(data)):
-            data = redact(data.decode()).encode()
-        with self._lock:
-            if self._file is None:
-                return
-            self._file.write(data + b"\n")
-            self.lines += 1
-            now = time.monotonic()
-            if now - self._last_flush >= self._interval:
-                self._file.flush()
-                self._last_flush = now
+        self._write_lines(orjson.dumps(obj) + b"\n", 1)
 
     def write_batch(self, batch: ReceivedBatch) -> None:
         """Append ``batch`` as one ``recv`` line whose ``raws`` are its frames, in order.
@@ -354,7 +351,18 @@ class EventLog:
         with self._lock:
             if self._file is None:
                 return
+            if self.lines_dropped or (
+                self.max_bytes is not None and self.bytes + len(data) > self.max_bytes
+            ):
+                if not self.lines_dropped:
+                    self._file.write(
+                        orjson.dumps({"k": "capped", "t": time.time(), "max_bytes": self.max_bytes})
+                        + b"\n"
+                    )
+                self.lines_dropped += lines
+                return
             self._file.write(data)
+            self.bytes += len(data)
             self.lines += lines
             now = time.monotonic()
             if now - self._last_flush >= self._interval:
@@ -362,7 +370,7 @@ class EventLog:
                 self._last_flush = now
 
     def _redacted(self, line: bytes) -> bytes:
-        """One line of :meth:`write_batch`, as :meth:`write_obj` redacts it."""
+        """One line, redacted if the gate does not clear it."""
         assert self._redact is not None
         if self._needs is None or self._needs(line):
             line = self._redact(line.decode()).encode()

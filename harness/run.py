@@ -128,6 +128,9 @@ class Run:
             line is redacted.
         codec: the target's protocol: its lifecycle and whether its events
             carry owner tags decide how runs and deliveries are judged.
+        events_max_bytes: the most ``events.jsonl`` may hold (``None``: no
+            limit); past it, records are still checked but not written, and
+            the summary says how many (an ``events_log_capped`` error).
     """
 
     def __init__(
@@ -143,6 +146,7 @@ class Run:
         redact: Callable[[str], str] | None = None,
         needs_redaction: Callable[[bytes], bool] | None = None,
         codec: Codec = AEP_CODEC,
+        events_max_bytes: int | None = None,
     ) -> None:
         self.target = target
         self.report_dir = report_dir
@@ -156,7 +160,10 @@ class Run:
         self.canaries = CanaryBook(run_key)
         report_dir.mkdir(parents=True, exist_ok=True)
         self.log = EventLog(
-            report_dir / "events.jsonl", redact=redact, needs_redaction=needs_redaction
+            report_dir / "events.jsonl",
+            redact=redact,
+            needs_redaction=needs_redaction,
+            max_bytes=events_max_bytes,
         )
         self._cross = CrossDeliveryOracle(
             self.canaries, policy=policy, seed=seed, owner_tags=codec.owner_tags
@@ -381,6 +388,15 @@ class Run:
         if count:
             key = ("target_unresponsive", UNRESPONSIVE)
             self.errors[key] = {"kind": key[0], "detail": key[1], "count": count}
+        dropped = self.log.lines_dropped
+        if dropped:
+            detail = (
+                f"events.jsonl reached its cap of {(self.log.max_bytes or 0) / 2**20:.4g} MiB "
+                "(--events-max-mb): later records were checked but not written; "
+                "count: lines left out"
+            )
+            key = ("events_log_capped", detail)
+            self.errors[key] = {"kind": key[0], "detail": detail, "count": dropped}
 
     def verdict(self, *, interrupted: bool = False, target_unusable: bool = False) -> Verdict:
         """``interrupted`` if stopped early, else ``fail`` on any violation, then

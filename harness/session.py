@@ -142,6 +142,7 @@ class Session:
             lifecycle_timeout_s=s.lifecycle_timeout,
             redact=self.redactor.redact,
             needs_redaction=self.redactor.needs_redaction,
+            events_max_bytes=round(s.events_max_mb * 2**20) or None,
         )
         if not self.worker:
             self._link_latest()

@@ -445,6 +445,12 @@ OPTIONS: tuple[OptionSpec, ...] = (
         5.0,
     ),
     _opt("progress_interval", "seconds between progress lines in long runs", _positive, 10.0),
+    _opt(
+        "events_max_mb",
+        "the most events.jsonl may hold, in MiB (0: no cap); later records are checked, unwritten",
+        _non_negative,
+        2048.0,
+    ),
 )
 #: :data:`OPTIONS` by name.
 BY_NAME: Mapping[str, OptionSpec] = MappingProxyType({spec.name: spec for spec in OPTIONS})
@@ -492,6 +498,7 @@ class Settings:
     memory_floor_bytes_per_session: float = 2048.0
     gauge_grace: float = 5.0
     progress_interval: float = 10.0
+    events_max_mb: float = 2048.0
     #: The config file's adapter table, without its ``name`` (not an option: no flag).
     adapter_options: Mapping[str, Any] = field(
         default_factory=lambda: MappingProxyType({}), repr=False

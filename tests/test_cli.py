@@ -14,6 +14,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import orjson
 import pytest
 from e2e_helpers import (
     SECRET,
@@ -222,3 +223,24 @@ def test_report_of_a_folder_without_a_summary_exits_2_in_one_line(tmp_path: Path
     assert proc.stderr.splitlines() == [
         f"isoharness: error: {tmp_path} has no summary.json; pass a report folder"
     ]
+
+
+def test_a_run_past_its_events_cap_still_checks_everything_and_says_what_it_left_out(
+    tmp_path: Path,
+) -> None:
+    report = tmp_path / "report"
+    proc = run_harness(
+        "run", "--report-dir", str(report), "--events-max-mb", "0.02",
+        "--", "-k", "test_users_sending_at_once", "-q",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, output_of(proc)
+    summary = read_summary(report)
+    assert summary["verdict"] == "pass"
+    [capped] = [e for e in summary["errors"] if e["kind"] == "events_log_capped"]
+    assert "0.02 MiB" in capped["detail"]
+    assert capped["count"] > 0
+    assert summary["counts"]["events_received"] > 100  # all of them checked, written or not
+    lines = (report / "events.jsonl").read_bytes().splitlines()
+    assert orjson.loads(lines[-1])["k"] == "capped"
+    assert sum(len(line) + 1 for line in lines[:-1]) <= 0.02 * 2**20

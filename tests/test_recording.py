@@ -142,3 +142,29 @@ def test_a_batch_holds_one_received_record_per_frame() -> None:
         for raw, binary in FRAMES[:3]
     ]
     assert batch.record(2).binary is True
+
+
+def test_a_capped_log_stops_at_its_cap_leaves_a_marker_and_counts_what_it_left_out(
+    tmp_path: Path,
+) -> None:
+    batch = batch_of(TEXT_FRAMES)
+    one_line = len(written(tmp_path, "one.jsonl", lambda log: log.write_batch(batch)))
+    log = EventLog(tmp_path / "capped.jsonl", max_bytes=3 * one_line + one_line // 2)
+    for _ in range(10):
+        log.write_batch(batch)
+    log.write(batch.record(0))
+    log.close()
+    lines = lines_of((tmp_path / "capped.jsonl").read_bytes())
+    assert [line["k"] for line in lines] == ["recv"] * 3 + ["capped"]
+    assert lines[-1]["max_bytes"] == 3 * one_line + one_line // 2
+    assert (log.lines, log.lines_dropped) == (3, 8)
+    assert log.bytes == 3 * one_line
+
+
+def test_an_uncapped_log_writes_everything(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "all.jsonl")
+    for _ in range(50):
+        log.write_batch(batch_of(TEXT_FRAMES))
+    log.close()
+    assert (log.lines, log.lines_dropped) == (50, 0)
+    assert len(lines_of((tmp_path / "all.jsonl").read_bytes())) == 50
