@@ -287,7 +287,7 @@ XDIST_KEY = "isoharness"
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    """The target, the seed and the sizes, when isoharness options are in play."""
+    """The target, its adapter, the seed and the sizes, when isoharness options are in play."""
     plugin = config.stash.get(PLUGIN_KEY, None)
     if plugin is None or not (
         any(v is not None for v in plugin.cli_values().values())
@@ -302,7 +302,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         return []  # reported, with exit code 2, when a scenario first needs the session
     target = s.target_url or "the embedded reference service"
     return [
-        f"isoharness: target {target} · seed {s.seed} · {s.users} users in {s.tenants} tenants"
+        f"isoharness: target {target} ({s.adapter} adapter, {s.transport} transport)"
+        f" · seed {s.seed} · {s.users} users in {s.tenants} tenants"
         f" · {s.connections_per_user} connections and {s.messages_per_user} messages per user"
         f" · duration {s.duration:g}s · policy {s.delivery_policy}"
     ]

@@ -167,6 +167,7 @@ def test_the_report_header_names_the_target_and_the_seed(
     header = result.stdout.lines[: result.stdout.lines.index("") + 1]
     result.stdout.fnmatch_lines([f"isoharness*{target}*", "collected 1 item"])
     assert any(target in line and str(SEED) in line for line in header), header
+    assert any("(aep adapter, fast transport)" in line for line in header), header
 
 
 def test_reports_go_to_the_working_directory(pytester: pytest.Pytester, target: str) -> None:
