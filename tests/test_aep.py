@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.aep import ErrorFrame, Event, Malformed, Pong, parse_frame, user_message
+from harness.aep import ErrorFrame, Event, Malformed, Pong, decode_batch, parse_frame, user_message
 from tests.builders import ALICE, event
 
 
@@ -51,6 +51,31 @@ def test_mistyped_fields_are_malformed():
     frame = parse_frame(orjson.dumps(obj))
     assert isinstance(frame, Malformed)
     assert frame.reason == "agent_started with mistyped seq, data"
+
+
+@pytest.mark.parametrize("seq", ["true", "1.0", "null", '"1"'])
+def test_a_seq_that_is_not_an_integer_is_malformed_on_either_path(seq):
+    raw = (
+        orjson.dumps(event(ALICE, "m1", "agent_started", 1))
+        .decode()
+        .replace('"seq":1', f'"seq":{seq}')
+    )
+    [frame], every_event = decode_batch([(raw, False)])
+    assert frame == parse_frame(raw)
+    assert isinstance(frame, Malformed)
+    assert frame.reason == "agent_started with mistyped seq"
+    assert not every_event
+
+
+def test_a_seq_of_any_size_is_read_exactly():
+    for seq in (2**63, 2**70, -(2**70)):
+        raw = orjson.dumps(event(ALICE, "m1", "agent_started", 1)).decode()
+        raw = raw.replace('"seq":1', f'"seq":{seq}')
+        [frame], every_event = decode_batch([(raw, False)])
+        assert frame == parse_frame(raw)
+        assert isinstance(frame, Event)
+        assert frame.seq == seq
+        assert every_event
 
 
 def test_binary_frames_are_malformed():
