@@ -320,13 +320,13 @@ class EventLog:
         with ``raw`` and its flags). :func:`received_frames` reads either form.
         """
         received = batch.received
-        for raw, binary in received:
-            if binary or len(raw) > RAW_LIMIT:
-                self._write_lines(
-                    b"".join(orjson.dumps(to_json(rec)) + b"\n" for rec in batch.records()),
-                    len(received),
-                )
-                return
+        raws = [raw for raw, binary in received if not binary and len(raw) <= RAW_LIMIT]
+        if len(raws) < len(received):
+            self._write_lines(
+                b"".join(orjson.dumps(to_json(rec)) + b"\n" for rec in batch.records()),
+                len(received),
+            )
+            return
         receiver = batch.receiver
         line = orjson.dumps(
             {
@@ -336,7 +336,7 @@ class EventLog:
                 "scenario": batch.scenario,
                 "user": f"{receiver.tenant}/{receiver.user}",
                 "conn": batch.connection,
-                "raws": [raw for raw, _ in received],
+                "raws": raws,
             }
         )
         self._write_lines(line + b"\n", 1)

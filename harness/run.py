@@ -383,7 +383,8 @@ class Run:
 
     # -- verdict and summary ---------------------------------------------------------------------
 
-    def _sync_unresponsive(self) -> None:
+    def _sync_derived_errors(self) -> None:
+        """The errors counted elsewhere (the lifecycle oracle, the event log), as of now."""
         count = self._lifecycle.unresponsive
         if count:
             key = ("target_unresponsive", UNRESPONSIVE)
@@ -406,7 +407,7 @@ class Run:
             return Verdict.INTERRUPTED
         if self.finding_counts:
             return Verdict.FAIL
-        self._sync_unresponsive()
+        self._sync_derived_errors()
         unresponsive = self._lifecycle.unresponsive > 0
         if (
             target_unusable
@@ -421,7 +422,7 @@ class Run:
 
     def summary(self, verdict: Verdict, *, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """The ``summary.json`` document (schema ``isoharness.summary/1``)."""
-        self._sync_unresponsive()
+        self._sync_derived_errors()
         coverage: Counter[str] = Counter()
         for result in self.scenarios.values():
             coverage.update(result.coverage)

@@ -201,10 +201,10 @@ class Redactor:
         self._literals: set[str] = set()
         self._pattern = re.compile("|".join(_SHAPES))
         self._literal_pattern: re.Pattern[str] | None = None
-        # The same trie over UTF-8 bytes (literal characters encode to literal bytes).
         # The bytes gate's view of the secrets, swapped in as one: a few are searched
         # for as they are (a substring search for a long needle skips ahead by its
-        # length, where the trie's regex steps through every byte), more by the trie.
+        # length, where the trie's regex steps through every byte), more by the trie over
+        # UTF-8 bytes (literal characters encode to literal bytes).
         self._literals_utf8: tuple[tuple[bytes, ...], re.Pattern[bytes] | None] = ((), None)
         self.add(*secrets)
 
