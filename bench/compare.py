@@ -24,6 +24,12 @@ The clients, each in its own process, started fresh for every run:
   processor function (``cd bench/.tools/artillery && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
   npm install --ignore-scripts artillery``).
 
+``--ablate`` adds three runs of the harness with parts switched off, to show
+where its CPU goes (they check less, so they are not results): ``harness-nolog``
+builds and writes no ``events.jsonl`` line, ``harness-nooracles`` runs neither
+the cross_delivery nor the lifecycle oracle, ``harness-bare`` does neither
+(what is left: the transport, decoding, the users and the closed loop).
+
 A tool that is not installed is skipped with a line saying how to install it.
 Runs alternate between the tools (the order rotates every round) and each
 figure is the median of ``--runs`` runs. CPU is measured from outside, the
@@ -37,7 +43,7 @@ Usage::
 
     .venv/bin/python bench/compare.py [--users 100] [--messages 200] [--runs 3]
         [--tools harness,locust,artillery] [--target fast|reference]
-        [--transport fast|websockets]
+        [--transport fast|websockets] [--ablate]
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,8 +279,35 @@ def token_for(index: int) -> str:
     return jwt.encode(claims, SECRET, algorithm="HS256")
 
 
-def harness_client(url: str, users: int, messages: int, transport: str) -> None:
-    """The harness: UserConnections on the chosen transport, full recording and checking."""
+#: The harness's ablations (``--ablate``): tool name → the parts switched off.
+ABLATIONS = {
+    "harness-nolog": ("log",),
+    "harness-nooracles": ("oracles",),
+    "harness-bare": ("log", "oracles"),
+}
+
+
+def ablate(run: Any, parts: Sequence[str]) -> None:
+    """Switch parts of ``run`` off, for a bench only: the run then checks less.
+
+    ``log``: no ``events.jsonl`` line is built or written. ``oracles``: the
+    cross_delivery and lifecycle oracles see nothing (events are still
+    decoded, counted and settle their users' runs).
+    """
+    if "log" in parts:
+        run.log.write = lambda rec: None
+        run.log.write_batch = lambda batch: None
+    if "oracles" in parts:
+        run._cross.check_batch = lambda batch: []
+        run._lifecycle.on_batch = lambda batch: []
+        run._lifecycle.on_sent = lambda rec: None
+
+
+def harness_client(
+    url: str, users: int, messages: int, transport: str, off: Sequence[str] = ()
+) -> None:
+    """The harness: UserConnections on the chosen transport, full recording and checking
+    (less with ``off``: see :func:`ablate`)."""
     import resource
 
     from _harness_stubs import NoHttp
@@ -302,6 +336,7 @@ def harness_client(url: str, users: int, messages: int, transport: str) -> None:
         # Redactor.needs_redaction (the cheap necessary condition) where it exists.
         needs_redaction=getattr(redactor, "needs_redaction", None),
     )
+    ablate(run, off)
     connector: Connector = FastConnector() if transport == "fast" else WebSocketConnector()
 
     async def main() -> dict[str, Any]:
@@ -466,7 +501,7 @@ module.exports = { connectWithToken, chat };
 
 
 def client_command(tool: str, url: str, args: argparse.Namespace, workdir: Path) -> list[str]:
-    if tool == "harness":
+    if tool == "harness" or tool in ABLATIONS:
         return [
             sys.executable,
             __file__,
@@ -480,6 +515,8 @@ def client_command(tool: str, url: str, args: argparse.Namespace, workdir: Path)
             str(args.messages),
             "--transport",
             args.transport,
+            "--off",
+            ",".join(ABLATIONS.get(tool, ())),
         ]
     if tool == "locust":
         (workdir / "locustfile.py").write_text(textwrap.dedent(LOCUSTFILE))
@@ -505,7 +542,7 @@ def client_command(tool: str, url: str, args: argparse.Namespace, workdir: Path)
 
 
 def installed(tool: str) -> bool:
-    if tool == "harness":
+    if tool == "harness" or tool in ABLATIONS:
         return True
     if tool == "locust":
         import importlib.util
@@ -620,7 +657,7 @@ def measure(tool: str, args: argparse.Namespace) -> Sample:
         expected = args.users * args.messages * 5
         ok = proc.returncode == 0 and events >= expected
         note = ""
-        if tool == "harness":
+        if tool == "harness" or tool in ABLATIONS:
             ok = ok and extra.get("events") == events and not extra.get("violations")
             ok = ok and not extra.get("errors")
             note = (
@@ -648,16 +685,22 @@ def main() -> int:
     parser.add_argument("--transport", choices=["fast", "websockets"], default="fast")
     parser.add_argument("--url", default="")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--ablate", action="store_true", help="add runs of the harness with parts switched off"
+    )
+    parser.add_argument("--off", default="", help=argparse.SUPPRESS)  # the harness role's parts
     args = parser.parse_args()
     if args.role == "target":
         serve_fast_target(args.port)
         return 0
     if args.role == "harness":
-        harness_client(args.url, args.users, args.messages, args.transport)
+        off = [part for part in args.off.split(",") if part]
+        harness_client(args.url, args.users, args.messages, args.transport, off)
         return 0
 
     tools = []
-    for tool in args.tools.split(","):
+    names = args.tools.split(",") + (list(ABLATIONS) if args.ablate else [])
+    for tool in names:
         if installed(tool):
             tools.append(tool)
         else:
@@ -676,7 +719,7 @@ def main() -> int:
             samples[tool].append(sample)
             flag = "" if sample.ok else "  FAILED"
             print(
-                f"  run {round_ + 1} {tool:9s} {sample.cpu_per_100k:6.2f} CPU-s/100k  "
+                f"  run {round_ + 1} {tool:17s} {sample.cpu_per_100k:6.2f} CPU-s/100k  "
                 f"{sample.events_per_s:8.0f} events/s  peak RSS {sample.peak_rss_kib / 1024:6.1f} "
                 f"MiB  (whole process {sample.total_cpu_s:.2f} CPU-s){flag}"
             )
@@ -684,7 +727,7 @@ def main() -> int:
                 print(f"      {sample.note}")
     print()
     print(
-        f"{'tool':10s} {'CPU-s/100k':>11s} {'events/s':>9s} {'peak RSS':>9s} "
+        f"{'tool':17s} {'CPU-s/100k':>11s} {'events/s':>9s} {'peak RSS':>9s} "
         f"{'whole-proc CPU-s/100k':>22s} {'CPU ratio':>10s}"
     )
     medians: dict[str, tuple[float, float, float, float]] = {}
@@ -699,9 +742,12 @@ def main() -> int:
     base = medians.get("harness", (float("nan"),) * 4)[0]
     for tool, (cpu, rate, rss, whole) in medians.items():
         ratio = cpu / base if base == base and base > 0 else float("nan")
-        print(f"{tool:10s} {cpu:11.2f} {rate:9.0f} {rss:7.1f}Mi {whole:22.2f} {ratio:9.2f}x")
+        print(f"{tool:17s} {cpu:11.2f} {rate:9.0f} {rss:7.1f}Mi {whole:22.2f} {ratio:9.2f}x")
     print("(CPU ratio: the tool's client CPU per event over the harness's; >1 means the harness")
     print(" spends less.)")
+    if args.ablate:
+        print("(harness-nolog, -nooracles, -bare: the harness with parts switched off, which check")
+        print(" less: where its CPU goes, not results.)")
     return 0 if all(s.ok for runs in samples.values() for s in runs) else 1
 
 
