@@ -42,10 +42,13 @@ class _Run:
     """What the oracle holds for one run in flight.
 
     Memory per run is bounded however many events the target sends for it:
-    in-order seqs fold into ``prefix``, types into ``kinds`` and ``last``. The
-    sets a correct run never fills (out-of-order seqs, reported violations,
-    malformed events) start as one shared empty set and are made on first use:
-    a run is made per message sent.
+    in-order seqs fold into ``prefix``, types into the bits of ``kinds`` and
+    ``last``. A run is made per message sent and a correct one lives on for
+    the settle period, so it holds no container it does not need: the types
+    kept are the lifecycle's own strings (not the decoded frame's copies), and
+    the sets a correct run never fills (out-of-order seqs, run ids after the
+    first, reported violations, malformed events) start as one shared empty
+    set and are made on first use.
     """
 
     __slots__ = (
@@ -58,7 +61,8 @@ class _Run:
         "kinds",
         "last",
         "events",
-        "run_ids",
+        "run_id",
+        "more_run_ids",
         "completed_at",
         "reported",
         "last_raw",
@@ -73,10 +77,11 @@ class _Run:
         self.max_seq = 0
         self.max_phase = -1
         self.types: list[str] = []  # the first TYPES_KEPT
-        self.kinds: set[str] = set()
+        self.kinds = 0  # bit 1 << phase set for every type received
         self.last = "nothing"
         self.events = 0
-        self.run_ids: set[str] = set()
+        self.run_id: str | None = None  # the first run id received
+        self.more_run_ids: AbstractSet[str] = _EMPTY  # up to three more
         self.completed_at: float | None = None
         self.reported: AbstractSet[ViolationKind] = _EMPTY
         self.last_raw = ""
@@ -86,7 +91,16 @@ class _Run:
     def has_seq(self, seq: int) -> bool:
         return 1 <= seq <= self.prefix or seq in self.seqs
 
-    def add(self, event: Event) -> None:
+    @property
+    def run_ids(self) -> set[str]:
+        """The run ids received (the first four)."""
+        return set() if self.run_id is None else {self.run_id, *self.more_run_ids}
+
+    def has_run_id(self, run_id: str) -> bool:
+        return run_id == self.run_id or run_id in self.more_run_ids
+
+    def add(self, event: Event, phase: int, name: str) -> None:
+        """Fold in ``event``, of type ``name`` (the lifecycle's string) at ``phase``."""
         if event.seq is not None and not self.has_seq(event.seq):
             seqs = self.seqs
             if not isinstance(seqs, set):
@@ -95,13 +109,18 @@ class _Run:
             while self.prefix + 1 in seqs:
                 self.prefix += 1
                 seqs.remove(self.prefix)
-        if len(self.run_ids) < 4:
-            self.run_ids.add(event.run_id)
-        self.kinds.add(event.type)
-        self.last = event.type
+        run_id = event.run_id
+        if self.run_id is None:
+            self.run_id = run_id
+        elif not self.has_run_id(run_id) and len(self.more_run_ids) < 3:
+            if not isinstance(self.more_run_ids, set):
+                self.more_run_ids = set()
+            self.more_run_ids.add(run_id)
+        self.kinds |= 1 << phase
+        self.last = name
         self.events += 1
         if len(self.types) < TYPES_KEPT:
-            self.types.append(event.type)
+            self.types.append(name)
 
     def received_types(self) -> list[str]:
         more = self.events - len(self.types)
@@ -130,10 +149,11 @@ class LifecycleOracle:
         self.lifecycle = lifecycle
         self._phase = lifecycle.phase
         self._singular = lifecycle.singular  # in order, for messages
-        self._singular_set = frozenset(self._singular)  # for membership, once per frame
+        self._names = lifecycle.events  # phase → the type's name
+        self._singular_bits = sum(1 << self._phase[name] for name in self._singular)
         self._repeatable = tuple(name for name in lifecycle.events if name in lifecycle.repeatable)
         self._terminal = lifecycle.terminal
-        self._lifecycle_events = frozenset(lifecycle.events)
+        self._every_kind = (1 << len(lifecycle.events)) - 1
         self._timeout = timeout_s
         self._settle = settle_s
         self._seed = seed
@@ -193,7 +213,8 @@ class LifecycleOracle:
         run.last_raw = clip(rec.raw)  # bounded: a run may be in flight a long time
         findings: list[Finding] = []
         seq = event.seq
-        if event.run_id not in run.run_ids and run.run_ids:
+        bit = 1 << phase
+        if run.run_id is not None and not run.has_run_id(event.run_id):
             findings += self._flag(
                 run,
                 ViolationKind.DUPLICATE_EVENT,
@@ -209,7 +230,7 @@ class LifecycleOracle:
                 f"received twice on {rec.connection}",
                 rec,
             )
-        elif event.type in self._singular_set and event.type in run.kinds:
+        elif bit & self._singular_bits & run.kinds:
             findings += self._flag(
                 run,
                 ViolationKind.DUPLICATE_EVENT,
@@ -226,7 +247,7 @@ class LifecycleOracle:
                 f"{run.last}{after} on {rec.connection}",
                 rec,
             )
-        run.add(event)
+        run.add(event, phase, self._names[phase])
         if seq is not None:
             run.max_seq = max(run.max_seq, seq)
         run.max_phase = max(run.max_phase, phase)
@@ -246,8 +267,9 @@ class LifecycleOracle:
             return []
         connection = batch.connection
         self._heard[connection] = batch.mono
-        runs, phases, singular = self._runs, self._phase, self._singular_set
-        terminal = self._terminal
+        runs, phases, names = self._runs, self._phase, self._names
+        singular = self._singular_bits
+        terminal = len(names) - 1  # the terminal event's phase
         findings: list[Finding] = []
         message_id, run = None, None  # a read's frames are mostly one run's
         for index, event in enumerate(batch.frames):
@@ -265,22 +287,23 @@ class LifecycleOracle:
                     and seq == run.prefix + 1
                     and not run.seqs
                     and phase >= run.max_phase
-                    and (event.run_id in run.run_ids or not run.run_ids)
-                    and (kind not in singular or kind not in run.kinds)
+                    and (event.run_id == run.run_id or run.run_id is None)
+                    and not (1 << phase & singular & run.kinds)
                 ):
                     # What on_received and _Run.add do for it, finding nothing.
                     raw = batch.received[index][0]
                     run.last_raw = raw if len(raw) <= EVIDENCE_RAW_LIMIT else clip(raw)
                     run.prefix = run.max_seq = seq
                     run.max_phase = phase
-                    if not run.run_ids:  # else it holds this run id already
-                        run.run_ids.add(event.run_id)
-                    run.kinds.add(kind)
-                    run.last = kind
+                    if run.run_id is None:
+                        run.run_id = event.run_id
+                    run.kinds |= 1 << phase
+                    name = names[phase]
+                    run.last = name
                     run.events += 1
                     if len(run.types) < TYPES_KEPT:
-                        run.types.append(kind)
-                    if kind == terminal and run.completed_at is None:
+                        run.types.append(name)
+                    if phase == terminal and run.completed_at is None:
                         self._complete(run, batch.mono)
                     continue
             elif not isinstance(event, Malformed):
@@ -406,7 +429,7 @@ class LifecycleOracle:
             run.completed_at is not None
             and not run.seqs
             and not run.malformed
-            and run.kinds.issuperset(self._lifecycle_events)
+            and run.kinds == self._every_kind
         ):
             # The common run: complete, every event type seen, its seqs 1..max in order.
             self.completed += 1
@@ -427,7 +450,7 @@ class LifecycleOracle:
                 None,
             )
         self.completed += 1
-        seen = run.kinds | run.malformed
+        seen = run.malformed | {n for phase, n in enumerate(self._names) if run.kinds >> phase & 1}
         # Singular events first, then the repeatable ones (each needed at least once).
         missing = [name for name in self._singular if name not in seen]
         missing += [name for name in self._repeatable if name not in seen]
