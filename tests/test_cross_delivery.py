@@ -5,9 +5,11 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from harness.aep import decode_batch
 from harness.oracles.cross_delivery import CrossDeliveryOracle
-from harness.types import DeliveryPolicy, ViolationKind
-from tests.builders import ALICE, BOB, EVE, book, event, lifecycle, received
+from harness.recording import ReceivedBatch
+from harness.types import ConnectionId, DeliveryPolicy, ViolationKind
+from tests.builders import ALICE, BOB, EVE, SCENARIO, book, event, lifecycle, received
 
 
 @pytest.fixture
@@ -81,3 +83,30 @@ def test_one_finding_per_foreign_owner_in_a_frame(oracle):
 def test_unknown_canary_shaped_strings_are_not_violations(oracle):
     obj = {"type": "pong", "note": "iso" + "a" * 16}
     assert oracle.check(received(BOB, obj, raw=orjson.dumps(obj).decode())) == []
+
+
+def batch_of(receiver, objs, conn: str = "c1") -> ReceivedBatch:
+    frames = [(orjson.dumps(obj).decode(), False) for obj in objs]
+    decoded, every_event = decode_batch(frames)
+    return ReceivedBatch(
+        SCENARIO, receiver, ConnectionId(conn), 1.0, 1.7e9, frames, decoded, every_event
+    )
+
+
+def test_after_its_own_canary_a_receiver_still_gets_a_foreign_one_reported(oracle):
+    # The first batch teaches the oracle BOB's own canary; later batches holding only
+    # copies of it are settled without a scan, and one more canary must still be seen.
+    bob, alice = book().canary_for(BOB), book().canary_for(ALICE)
+    assert oracle.check_batch(batch_of(BOB, lifecycle(BOB, f"{bob}-m1", f"{bob} hi"))) == []
+    assert oracle.check_batch(batch_of(BOB, lifecycle(BOB, f"{bob}-m2", f"{bob} hi"))) == []
+    leaked = lifecycle(BOB, f"{bob}-m3", f"{bob} and {alice}")  # tags rewritten to BOB
+    findings = oracle.check_batch(batch_of(BOB, leaked))
+    assert {(f.victim, f.owner) for f in findings} == {(BOB, ALICE)}
+    assert {f.evidence["signal"] for f in findings} == {"canary"}
+
+
+def test_an_iso_that_starts_no_canary_next_to_ones_own_is_not_a_violation(oracle):
+    bob = book().canary_for(BOB)
+    assert oracle.check_batch(batch_of(BOB, lifecycle(BOB, f"{bob}-m1", f"{bob} hi"))) == []
+    words = f"{bob} isolation isotope iso{bob[3:-1]}"  # the last: the canary, cut short
+    assert oracle.check_batch(batch_of(BOB, lifecycle(BOB, f"{bob}-m2", words))) == []
