@@ -10,6 +10,7 @@ wall time. Usage::
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import secrets
@@ -58,7 +59,14 @@ def run_one(fault: str, workdir: Path) -> str:
 
 
 def main() -> int:
-    chosen = sys.argv[1:] or FAULTS
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "faults", nargs="*", metavar="FAULT", help=f"default: all of {', '.join(FAULTS)}"
+    )
+    unknown = [f for f in parser.parse_args().faults if f not in FAULTS]
+    if unknown:
+        parser.error(f"unknown fault {', '.join(unknown)}; choose from {', '.join(FAULTS)}")
+    chosen = parser.parse_args().faults or FAULTS
     with tempfile.TemporaryDirectory(prefix="isoharness-faults-") as tmp:
         print(f"{'fault':24} exit  time   verdict      violations (kind count)")
         for fault in chosen:
