@@ -306,6 +306,7 @@ async def _closed_loop(
 
     def drive(conn: UserConnection) -> Callable[[PendingRun | None], None]:
         n = 0
+        used: set[str] = set()  # this user's threads, in ``threads`` already
 
         def on_run_end(ended: PendingRun | None) -> None:
             if not due:
@@ -319,7 +320,9 @@ async def _closed_loop(
                     if ended is None or ended.outcome == "completed":
                         thread = thread_of(conn.user, n)
                         n += 1
-                        threads.add((conn.user.key, thread))
+                        if thread not in used:
+                            used.add(thread)
+                            threads.add((conn.user.key, thread))
                         current[conn.id] = conn.send_message_nowait(thread)
                         sent += 1
                         # One connection per user: another entry is another user's
