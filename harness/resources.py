@@ -60,6 +60,29 @@ def _num(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+NOT_JUDGED_DISTRIBUTED = (
+    "not judged in a distributed run (-n): the workers count the sessions served and the "
+    "controller samples the target's memory, so no one timeline has both; run the soak "
+    "without -n to judge memory_growth"
+)
+
+
+def memory_not_judged(detail: str) -> dict[str, Any]:
+    """The ``summary.json`` ``memory`` block when no decision was attempted, and why."""
+    doc: dict[str, Any] = {key: None for key in _DECISION_NUMBERS}
+    return doc | {"status": "not_judged", "significant": False, "samples_used": 0, "detail": detail}
+
+
+_DECISION_NUMBERS = (
+    "slope_bytes_per_session",
+    "ci_low",
+    "ci_high",
+    "bytes_per_hour",
+    "projected_24h_bytes",
+    "warmup_sessions",
+)
+
+
 def memory_finding(decision: GrowthDecision, scenario: ScenarioId, seed: int) -> Finding | None:
     if not decision.significant:
         return None

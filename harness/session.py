@@ -28,7 +28,14 @@ from harness.embedded import EmbeddedService
 from harness.errors import ConfigError, HarnessError, TargetError
 from harness.monitor import MEMORY, SESSIONS, Monitor, ProbePlan, gauge_idle_values
 from harness.preflight import preflight
-from harness.resources import decision_json, gauge_findings, memory_decision, memory_finding
+from harness.resources import (
+    NOT_JUDGED_DISTRIBUTED,
+    decision_json,
+    gauge_findings,
+    memory_decision,
+    memory_finding,
+    memory_not_judged,
+)
 from harness.run import Run, Target
 from harness.safety import Redactor, check_target_allowed
 from harness.scenario import Scenario, Sizes, Wiring
@@ -267,13 +274,16 @@ class Session:
                 seed=self.seed,
             )
         )
-        decision = memory_decision(
-            samples, floor_bytes_per_session=s.memory_floor_bytes_per_session, seed=self.seed
-        )
-        self.extra["memory"] = decision_json(decision, samples)
-        finding = memory_finding(decision, scenario, self.seed)
-        if finding is not None:
-            run.add_findings([finding])
+        if self.workers is not None:  # a distributed run's controller: no sessions here
+            self.extra["memory"] = memory_not_judged(NOT_JUDGED_DISTRIBUTED)
+        else:
+            decision = memory_decision(
+                samples, floor_bytes_per_session=s.memory_floor_bytes_per_session, seed=self.seed
+            )
+            self.extra["memory"] = decision_json(decision, samples)
+            finding = memory_finding(decision, scenario, self.seed)
+            if finding is not None:
+                run.add_findings([finding])
         if scenario == RUN_END and RUN_END in run.scenarios:
             end = run.scenarios[RUN_END]
             end.outcome = "failed" if end.violations else "passed"

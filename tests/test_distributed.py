@@ -264,6 +264,10 @@ def test_a_correct_service_passes_over_two_local_gateways(tmp_path: Path) -> Non
     for entry in merged["scenarios"]:
         assert entry["outcome"] == "passed", entry
         assert entry["worker_outcomes"] == {"gw0": "passed", "gw1": "passed"}
+    # No one process has both the sessions and the memory samples: said, not guessed at.
+    assert merged["memory"]["status"] == "not_judged"
+    assert "without -n" in merged["memory"]["detail"]
+    assert "memory_growth not judged in a distributed run" in proc.stdout
     assert proc.stdout.splitlines()[-1].startswith("isoharness: PASS")
 
 

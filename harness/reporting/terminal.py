@@ -60,6 +60,9 @@ def summary_lines(summary_path: Path, *, max_violations: int = 5) -> list[str]:
     for scenario in inconclusive[:max_violations]:
         missing = ", ".join(scenario["missing_conditions"])
         lines.append(f"  ? {scenario['id']} created no {missing}")
+    memory = doc.get("memory")
+    if isinstance(memory, dict) and memory.get("status") == "not_judged":
+        lines.append(f"memory_growth {memory.get('detail')}")
     errors = doc.get("errors", [])
     if errors:
         lines.append(
