@@ -238,6 +238,10 @@ class HarnessPlugin:
         }
         if info["embedded"]:
             values["credentials"] = "jwt"
+        cap = values.get("events_max_mb")
+        if isinstance(cap, int | float) and cap > 0:
+            # The cap bounds the run's disk use: each worker's events.jsonl gets its share.
+            values["events_max_mb"] = cap / int(info["count"])
         self.started = True
         session: Session | None = None
         try:

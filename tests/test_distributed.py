@@ -271,6 +271,29 @@ def test_a_correct_service_passes_over_two_local_gateways(tmp_path: Path) -> Non
     assert proc.stdout.splitlines()[-1].startswith("isoharness: PASS")
 
 
+def test_the_events_cap_bounds_the_whole_run_each_worker_writing_its_share(
+    tmp_path: Path,
+) -> None:
+    import orjson
+
+    report = tmp_path / "report"
+    proc = run_harness(
+        "run", "--report-dir", str(report), *SMALL, "--events-max-mb", "0.02",
+        "--", "-n", "2", "-k", "test_users_sending_at_once",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, output_of(proc)
+    merged = assert_counts_are_the_sum(report)
+    assert merged["verdict"] == "pass"
+    assert merged["run"]["settings"]["events_max_mb"] == 0.02  # the run's, not a share
+    [capped] = [e for e in merged["errors"] if e["kind"] == "events_log_capped"]
+    assert capped["count"] > 0
+    for worker in ("gw0", "gw1"):
+        lines = (report / worker / "events.jsonl").read_bytes().splitlines()
+        assert orjson.loads(lines[-1])["k"] == "capped"
+        assert sum(len(line) + 1 for line in lines[:-1]) <= 0.01 * 2**20
+
+
 def test_distributing_scenarios_instead_of_users_is_refused(tmp_path: Path) -> None:
     proc = run_harness("run", *SMALL, "--", "-n", "2", "--dist", "load", cwd=tmp_path)
     assert proc.returncode == 2, output_of(proc)
