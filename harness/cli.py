@@ -117,6 +117,7 @@ def _run(ns: argparse.Namespace, pytest_args: list[str]) -> int:
     import pytest
 
     from harness.adapters.registry import check_adapter
+    from harness.credentials import require_jwt_secret
     from harness.safety import check_target_allowed
     from harness.session import new_run_id
 
@@ -130,6 +131,8 @@ def _run(ns: argparse.Namespace, pytest_args: list[str]) -> int:
                 source=settings.source_of("target_url"),
             )
         check_adapter(settings)
+        if settings.target_url is not None and settings.credentials == "jwt":
+            require_jwt_secret(settings.jwt_secret)  # before pytest: one line, no report
     except ConfigError as exc:
         print(f"isoharness: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

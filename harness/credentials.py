@@ -38,6 +38,24 @@ class Credentials(Protocol):
         ...
 
 
+def require_jwt_secret(secret: str | None) -> str:
+    """``secret``, which the ``jwt`` provider needs to mint tokens for a given target.
+
+    Raises:
+        ConfigError: none was set (exit 2), saying where to set it.
+    """
+    if not secret:
+        raise ConfigError(
+            "jwt_secret",
+            None,
+            "",
+            "the jwt credential provider needs the target's signing secret: "
+            "set $ISOHARNESS_JWT_SECRET, --jwt-secret or jwt_secret_file "
+            "(or choose --credentials static or hook)",
+        )
+    return secret
+
+
 class JwtCredentials:
     """Mints HS256 JWTs with ``sub``, ``tenant`` and ``exp`` claims.
 

@@ -63,7 +63,8 @@ class ConfigError(HarnessError):
     Attributes:
         key: the setting's name (``users``, ``delivery_policy`` …).
         value: the offending value as given (never a secret).
-        source: where it came from (``isoharness.toml``, ``--users``, ``$ISOHARNESS_USERS``).
+        source: where it came from (``isoharness.toml``, ``--users``, ``$ISOHARNESS_USERS``);
+            ``""`` with ``value`` ``None``: a setting needed and set nowhere.
         allowed: what would have been accepted.
     """
 
@@ -75,6 +76,8 @@ class ConfigError(HarnessError):
         super().__init__(key, value, source, allowed)
 
     def __str__(self) -> str:
+        if self.value is None and not self.source:  # set nowhere, and needed
+            return f"missing {self.key}: {self.allowed}"
         return f"invalid {self.key} {self.value!r} from {self.source}: {self.allowed}"
 
 

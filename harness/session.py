@@ -22,10 +22,16 @@ import orjson
 
 from harness.adapters import JsonMemoryProbe
 from harness.adapters.registry import adapter_context, adapter_factory, build_adapter
-from harness.credentials import Credentials, HookCredentials, JwtCredentials, StaticCredentials
+from harness.credentials import (
+    Credentials,
+    HookCredentials,
+    JwtCredentials,
+    StaticCredentials,
+    require_jwt_secret,
+)
 from harness.distributed import Shard, Workers
 from harness.embedded import EmbeddedService
-from harness.errors import ConfigError, HarnessError, TargetError
+from harness.errors import HarnessError, TargetError
 from harness.monitor import MEMORY, SESSIONS, Monitor, ProbePlan, gauge_idle_values
 from harness.preflight import preflight
 from harness.resources import (
@@ -298,15 +304,7 @@ class Session:
         if s.credentials == "hook":
             assert s.login_hook is not None
             return HookCredentials(s.login_hook)
-        if not secret:
-            raise ConfigError(
-                "jwt_secret",
-                None,
-                "the environment",
-                "the jwt credential provider needs the target's signing secret: "
-                "set $ISOHARNESS_JWT_SECRET, --jwt-secret or jwt_secret_file",
-            )
-        return JwtCredentials(secret)
+        return JwtCredentials(require_jwt_secret(secret))
 
     async def _preflight(self, credentials: Credentials) -> None:
         assert self.wiring is not None

@@ -96,6 +96,14 @@ socket.socket.connect_ex = _refuse
             "of seconds, or a duration such as 30s, 30m, 8h, 1h30m",
             id="bad-duration-flag",
         ),
+        pytest.param(
+            None,
+            ("--target-url", "http://127.0.0.1:9"),
+            "isoharness: error: missing jwt_secret: the jwt credential provider needs the "
+            "target's signing secret: set $ISOHARNESS_JWT_SECRET, --jwt-secret or "
+            "jwt_secret_file (or choose --credentials static or hook)",
+            id="no-secret-to-mint-tokens-for-a-given-target",
+        ),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_it_and_exits_2(
