@@ -133,15 +133,20 @@ class StaticCredentials:
 class HookCredentials:
     """Tokens from a custom login function, ``package.module:function``."""
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, *, source: str = "configuration") -> None:
         module_name, _, attr = spec.partition(":")
         try:
             module = importlib.import_module(module_name)
             func = getattr(module, attr)
         except (ImportError, AttributeError, ValueError) as exc:
             raise ConfigError(
-                "login_hook", spec, "configuration", "an importable 'package.module:function'"
+                "login_hook",
+                spec,
+                source,
+                f"an importable 'package.module:function' ({type(exc).__name__}: {exc})",
             ) from exc
+        if not callable(func):
+            raise ConfigError("login_hook", spec, source, f"a function, not {type(func).__name__}")
         self._func: Callable[[UserKey], Any] = func
 
     def fixed_users(self) -> list[UserKey] | None:

@@ -104,6 +104,14 @@ socket.socket.connect_ex = _refuse
             "jwt_secret_file (or choose --credentials static or hook)",
             id="no-secret-to-mint-tokens-for-a-given-target",
         ),
+        pytest.param(
+            None,
+            ("--credentials", "hook", "--login-hook", "no_such_module_xyz:login"),
+            "isoharness: error: invalid login_hook 'no_such_module_xyz:login' from --login-hook: "
+            "an importable 'package.module:function' (ModuleNotFoundError: No module named "
+            "'no_such_module_xyz')",
+            id="a-login-hook-that-does-not-import",
+        ),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_it_and_exits_2(
