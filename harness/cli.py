@@ -117,7 +117,7 @@ def _run(ns: argparse.Namespace, pytest_args: list[str]) -> int:
     import pytest
 
     from harness.adapters.registry import check_adapter
-    from harness.credentials import HookCredentials, require_jwt_secret
+    from harness.credentials import check_credentials
     from harness.safety import check_target_allowed
     from harness.session import new_run_id
 
@@ -131,11 +131,7 @@ def _run(ns: argparse.Namespace, pytest_args: list[str]) -> int:
                 source=settings.source_of("target_url"),
             )
         check_adapter(settings)
-        # Credentials that cannot work fail here, before pytest: one line, no report.
-        if settings.target_url is not None and settings.credentials == "jwt":
-            require_jwt_secret(settings.jwt_secret)
-        if settings.credentials == "hook" and settings.login_hook is not None:
-            HookCredentials(settings.login_hook, source=settings.source_of("login_hook"))
+        check_credentials(settings)  # before pytest: one line, no report folder
     except ConfigError as exc:
         print(f"isoharness: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import jwt
 
 from harness.errors import ConfigError, UsageError
+from harness.settings import Settings
 from harness.types import TenantId, UserId, UserKey
 
 
@@ -91,29 +92,36 @@ class JwtCredentials:
 class StaticCredentials:
     """Tokens read from a file of ``<tenant> <user> <token>`` lines."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, source: str = "configuration") -> None:
         self.path = path
         self._tokens: dict[UserKey, str] = {}
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise ConfigError("tokens_file", str(path), "configuration", "a readable file") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError("tokens_file", str(path), source, f"a readable file ({why})") from exc
         for number, line in enumerate(lines, 1):
             text = line.strip()
             if not text or text.startswith("#"):
                 continue
             parts = text.split()
             if len(parts) != 3:
+                # The line itself is not shown: it may hold a token.
                 raise ConfigError(
                     "tokens_file",
-                    f"line {number}",
                     str(path),
-                    "each line must be '<tenant> <user> <token>'",
+                    source,
+                    f"line {number} has {len(parts)} fields; each line must be "
+                    "'<tenant> <user> <token>'",
                 )
             self._tokens[UserKey(TenantId(parts[0]), UserId(parts[1]))] = parts[2]
         if len(self._tokens) < 2:
             raise ConfigError(
-                "tokens_file", str(path), "configuration", "at least two users' tokens"
+                "tokens_file",
+                str(path),
+                source,
+                f"tokens of at least two users (it has {len(self._tokens)}): isolation "
+                "needs someone to be isolated from",
             )
 
     @property
@@ -159,3 +167,21 @@ class HookCredentials:
         if not isinstance(result, str) or not result:
             raise UsageError(f"login_hook returned {type(result).__name__} for {user}, not a token")
         return result
+
+
+def check_credentials(settings: Settings) -> None:
+    """Set up the configured token provider once, so one that cannot work fails first.
+
+    Mints, reads or logs in nothing over the network: the ``jwt`` provider needs
+    a secret (for a target given; the embedded service makes its own), a tokens
+    file must parse, a login hook must import.
+
+    Raises:
+        ConfigError: what is wrong, where it was set, and how to fix it (exit 2).
+    """
+    if settings.credentials == "jwt" and settings.target_url is not None:
+        require_jwt_secret(settings.jwt_secret)
+    elif settings.credentials == "static" and settings.tokens_file is not None:
+        StaticCredentials(settings.tokens_file, source=settings.source_of("tokens_file"))
+    elif settings.credentials == "hook" and settings.login_hook is not None:
+        HookCredentials(settings.login_hook, source=settings.source_of("login_hook"))

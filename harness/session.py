@@ -298,7 +298,7 @@ class Session:
         s = self.settings
         if s.credentials == "static":
             assert s.tokens_file is not None
-            static = StaticCredentials(s.tokens_file)
+            static = StaticCredentials(s.tokens_file, source=s.source_of("tokens_file"))
             self.redactor.add(*static.tokens)
             return static
         if s.credentials == "hook":

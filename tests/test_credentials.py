@@ -39,14 +39,16 @@ def test_static_tokens_are_read_per_user(tmp_path):
         asyncio.run(static.token_for(UserKey(TenantId("acme"), UserId("carol"))))
 
 
-def test_a_malformed_tokens_line_names_the_line(tmp_path):
+def test_a_malformed_tokens_line_names_the_line_and_never_shows_it(tmp_path):
     path = tmp_path / "tokens.txt"
-    path.write_text("acme alice tok-a\nacme bob\n")
+    path.write_text("acme alice tok-a\nacme bob tok-b trailing\n")
     with pytest.raises(ConfigError) as caught:
-        StaticCredentials(path)
+        StaticCredentials(path, source="--tokens-file")
     assert str(caught.value) == (
-        f"invalid tokens_file 'line 2' from {path}: each line must be '<tenant> <user> <token>'"
+        f"invalid tokens_file '{path}' from --tokens-file: line 2 has 4 fields; "
+        "each line must be '<tenant> <user> <token>'"
     )
+    assert "tok-" not in str(caught.value)
 
 
 def test_a_login_hook_may_be_sync_or_async(tmp_path, monkeypatch):
