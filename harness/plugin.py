@@ -305,12 +305,19 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     except ConfigError:
         return []  # reported, with exit code 2, when a scenario first needs the session
     target = s.target_url or "the embedded reference service"
-    return [
+    lines = [
         f"isoharness: target {target} ({s.adapter} adapter, {s.transport} transport)"
         f" · seed {s.seed} · {s.users} users in {s.tenants} tenants"
         f" · {s.connections_per_user} connections and {s.messages_per_user} messages per user"
         f" · duration {s.duration:g}s · policy {s.delivery_policy}"
     ]
+    if config.pluginmanager.hasplugin("dsession"):
+        # Said first, not only at the end of what may be an hours-long soak.
+        lines.append(
+            "isoharness: distributed run: each worker drives a share of every scenario's "
+            "users; memory_growth is not judged (run without -n to judge it)"
+        )
+    return lines
 
 
 def _terminate_as_interrupt() -> None:

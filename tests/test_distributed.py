@@ -267,7 +267,8 @@ def test_a_correct_service_passes_over_two_local_gateways(tmp_path: Path) -> Non
     # No one process has both the sessions and the memory samples: said, not guessed at.
     assert merged["memory"]["status"] == "not_judged"
     assert "without -n" in merged["memory"]["detail"]
-    assert "memory_growth not judged in a distributed run" in proc.stdout
+    assert "memory_growth not judged in a distributed run" in proc.stdout  # at the end
+    assert "distributed run: each worker drives a share" in proc.stdout  # and in the header
     assert proc.stdout.splitlines()[-1].startswith("isoharness: PASS")
 
 
