@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from harness.cli import default_scenarios
@@ -238,8 +239,6 @@ def test_a_leak_between_users_on_different_workers_is_reported_with_both_users(
 
 def _driven_by(report: Path, worker: str) -> set[str]:
     """The users whose connections a worker opened, from its events.jsonl."""
-    import orjson
-
     users = set()
     for line in (report / worker / "events.jsonl").read_bytes().splitlines():
         record = orjson.loads(line)
@@ -275,8 +274,6 @@ def test_a_correct_service_passes_over_two_local_gateways(tmp_path: Path) -> Non
 def test_the_events_cap_bounds_the_whole_run_each_worker_writing_its_share(
     tmp_path: Path,
 ) -> None:
-    import orjson
-
     report = tmp_path / "report"
     proc = run_harness(
         "run", "--report-dir", str(report), *SMALL, "--events-max-mb", "0.02",
