@@ -172,9 +172,9 @@ class HookCredentials:
 def check_credentials(settings: Settings) -> None:
     """Set up the configured token provider once, so one that cannot work fails first.
 
-    Mints, reads or logs in nothing over the network: the ``jwt`` provider needs
-    a secret (for a target given; the embedded service makes its own), a tokens
-    file must parse, a login hook must import.
+    Uses no network: the ``jwt`` provider needs a secret (when a target is given;
+    the embedded service makes its own), a tokens file must parse and name two
+    users, a login hook must import.
 
     Raises:
         ConfigError: what is wrong, where it was set, and how to fix it (exit 2).

@@ -60,6 +60,15 @@ def _num(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+_DECISION_NUMBERS = (
+    "slope_bytes_per_session",
+    "ci_low",
+    "ci_high",
+    "bytes_per_hour",
+    "projected_24h_bytes",
+    "warmup_sessions",
+)
+"""The figures of a decision, all ``None`` in a block with no decision."""
 NOT_JUDGED_DISTRIBUTED = (
     "not judged in a distributed run (-n): the workers count the sessions served and the "
     "controller samples the target's memory, so no one timeline has both; run the soak "
@@ -71,16 +80,6 @@ def memory_not_judged(detail: str) -> dict[str, Any]:
     """The ``summary.json`` ``memory`` block when no decision was attempted, and why."""
     doc: dict[str, Any] = {key: None for key in _DECISION_NUMBERS}
     return doc | {"status": "not_judged", "significant": False, "samples_used": 0, "detail": detail}
-
-
-_DECISION_NUMBERS = (
-    "slope_bytes_per_session",
-    "ci_low",
-    "ci_high",
-    "bytes_per_hour",
-    "projected_24h_bytes",
-    "warmup_sessions",
-)
 
 
 def memory_finding(decision: GrowthDecision, scenario: ScenarioId, seed: int) -> Finding | None:
