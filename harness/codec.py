@@ -37,6 +37,8 @@ class Lifecycle:
     def __post_init__(self) -> None:
         if not self.events:
             raise ValueError("a lifecycle needs at least one event type")
+        if len(set(self.events)) != len(self.events):
+            raise ValueError(f"a lifecycle's event types must be distinct: {self.events!r}")
         object.__setattr__(self, "phase", {name: i for i, name in enumerate(self.events)})
 
     @property

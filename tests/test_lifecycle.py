@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from harness.aep import decode_batch
+from harness.codec import Lifecycle
 from harness.oracles.lifecycle import LifecycleOracle
 from harness.recording import ReceivedBatch
 from harness.types import ConnectionId, ViolationKind
@@ -195,3 +196,10 @@ def test_a_completed_run_in_its_settle_period_holds_under_a_kilobyte():
         tracemalloc.stop()
     assert oracle.in_flight == runs  # every run completed, none settled yet
     assert held < 1024, f"{held:.0f} bytes per run"
+
+
+def test_a_lifecycle_names_each_event_type_once():
+    with pytest.raises(ValueError, match="must be distinct"):
+        Lifecycle(("started", "step", "started"))
+    with pytest.raises(ValueError, match="at least one"):
+        Lifecycle(())

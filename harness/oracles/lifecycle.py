@@ -153,7 +153,7 @@ class LifecycleOracle:
         self._singular_bits = sum(1 << self._phase[name] for name in self._singular)
         self._repeatable = tuple(name for name in lifecycle.events if name in lifecycle.repeatable)
         self._terminal = lifecycle.terminal
-        self._every_kind = (1 << len(lifecycle.events)) - 1
+        self._every_kind = sum(1 << phase for phase in set(self._phase.values()))
         self._timeout = timeout_s
         self._settle = settle_s
         self._seed = seed
