@@ -24,7 +24,7 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Set as AbstractSet
-from typing import Any
+from typing import Any, cast
 
 from harness.aep import AEP_LIFECYCLE, Event, Malformed
 from harness.codec import Lifecycle
@@ -53,6 +53,7 @@ class _Run:
 
     __slots__ = (
         "sent",
+        "key",
         "prefix",
         "seqs",
         "max_seq",
@@ -70,8 +71,9 @@ class _Run:
         "malformed_count",
     )
 
-    def __init__(self, sent: Sent) -> None:
+    def __init__(self, sent: Sent, key: tuple[ConnectionId, str]) -> None:
         self.sent = sent
+        self.key = key  # (connection, message id): the run's key in the oracle
         self.prefix = 0  # every seq in 1..prefix was received
         self.seqs: AbstractSet[int] = _EMPTY  # the other seqs received
         self.max_seq = 0
@@ -165,11 +167,11 @@ class LifecycleOracle:
         #: target stopped answering (a target fault), not an event lost among others.
         self.unresponsive = 0
         self._heard: dict[ConnectionId, float] = {}
-        # The keys of completed runs in the order they completed, so a sweep judges
-        # the settled ones from the front instead of walking every run in flight;
-        # valid while records come in time order (live runs; a test may feed any).
-        # Keys, not runs: a run judged when its connection closed is freed at once.
-        self._settling: deque[tuple[float, tuple[ConnectionId, str]]] = deque()
+        # Completed runs in the order they completed, so a sweep judges the settled
+        # ones from the front instead of walking every run in flight; valid while
+        # records come in time order (live runs; a test may feed any). A run judged
+        # early (its connection closed) stays here until its settle period is over.
+        self._settling: deque[_Run] = deque()
         self._in_order = True
         self._last_sent = -math.inf
 
@@ -183,17 +185,17 @@ class LifecycleOracle:
         if rec.mono < self._last_sent or key in self._runs:
             self._in_order = False  # _runs is no longer in order of sending
         self._last_sent = rec.mono
-        self._runs[key] = _Run(rec)
+        self._runs[key] = _Run(rec, key)
 
     def _complete(self, run: _Run, mono: float) -> None:
         run.completed_at = mono
         if self._in_order:
             settling = self._settling
-            if settling and mono < settling[-1][0]:
+            if settling and mono < cast(float, settling[-1].completed_at):
                 self._in_order = False
                 settling.clear()
             else:
-                settling.append((mono, (run.sent.connection, run.sent.message_id)))
+                settling.append(run)
 
     def on_received(self, rec: Received) -> list[Finding]:
         """Check one frame; returns duplicate/out-of-order findings at once."""
@@ -363,17 +365,11 @@ class LifecycleOracle:
         findings: list[Finding] = []
         runs, settling = self._runs, self._settling
         settle = self._settle
-        while settling and now - settling[0][0] >= settle:
-            key = settling.popleft()[1]
-            run = runs.get(key)
-            # None: judged already (its connection closed); a later completion: a
-            # newer run under the same key, which has its own entry.
-            if (
-                run is not None
-                and run.completed_at is not None
-                and now - run.completed_at >= settle
-            ):
-                del runs[key]
+        while settling and now - cast(float, settling[0].completed_at) >= settle:
+            run = settling.popleft()
+            # Not the run under its key: judged already (its connection closed).
+            if runs.get(run.key) is run:
+                del runs[run.key]
                 findings += self._judge(run, now=now)
         expired = []
         for key, run in runs.items():
