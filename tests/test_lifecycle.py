@@ -91,6 +91,25 @@ def test_a_run_cut_by_a_disconnect_is_not_lost(oracle):
     assert oracle.finish(now=50.0) == []
 
 
+def test_closing_a_connection_judges_its_own_runs_in_order_and_no_others(oracle):
+    # c1: m1 cut mid-run, m2 lost a middle event, m3 complete; c2: one run still in flight.
+    for n in (1, 2, 3):
+        oracle.on_sent(sent(ALICE, f"m{n}", conn="c1", mono=float(n)))
+    oracle.on_sent(sent(ALICE, "other", conn="c2", mono=4.0))
+    feed(oracle, lifecycle(ALICE, "m1", "x")[:2])
+    run = lifecycle(ALICE, "m2", "x")
+    feed(oracle, [*run[:2], *run[3:]])
+    feed(oracle, lifecycle(ALICE, "m3", "x"))
+    [finding] = oracle.on_closed(closed(ALICE, conn="c1"))
+    assert finding.kind is ViolationKind.LOST_EVENT
+    assert finding.evidence["message_id"] == "m2"
+    assert (oracle.cut, oracle.completed, oracle.in_flight) == (1, 2, 1)
+    assert oracle.on_closed(closed(ALICE, conn="c1")) == []  # judged once
+    feed(oracle, lifecycle(ALICE, "other", "x"), conn="c2")
+    assert oracle.abandon_connection(ConnectionId("c2"), now=5.0) == []
+    assert (oracle.completed, oracle.in_flight) == (3, 0)
+
+
 def test_a_repeated_event_is_a_duplicate(oracle):
     oracle.on_sent(sent(ALICE, "m1"))
     run = lifecycle(ALICE, "m1", "x")

@@ -160,6 +160,10 @@ class LifecycleOracle:
         self._settle = settle_s
         self._seed = seed
         self._runs: dict[tuple[ConnectionId, str], _Run] = {}
+        # The keys of each connection's runs, in the order of _runs (a dict as an
+        # ordered set): closing a connection judges its runs without a walk
+        # through every run in flight.
+        self._keys: dict[ConnectionId, dict[tuple[ConnectionId, str], None]] = {}
         self.completed = 0
         self.cut = 0
         self.abandoned = 0
@@ -186,6 +190,23 @@ class LifecycleOracle:
             self._in_order = False  # _runs is no longer in order of sending
         self._last_sent = rec.mono
         self._runs[key] = _Run(rec, key)
+        keys = self._keys.get(rec.connection)
+        if keys is None:
+            keys = self._keys[rec.connection] = {}
+        keys[key] = None
+
+    def _pop(self, key: tuple[ConnectionId, str]) -> _Run:
+        """Stop tracking the run under ``key``; return it."""
+        keys = self._keys.get(key[0])
+        if keys is not None:
+            keys.pop(key, None)
+        return self._runs.pop(key)
+
+    def _pop_connection(self, connection: ConnectionId) -> list[_Run]:
+        """Stop tracking ``connection`` and every run of it; return the runs in order."""
+        self._heard.pop(connection, None)
+        runs = self._runs
+        return [runs.pop(key) for key in self._keys.pop(connection, {})]
 
     def _complete(self, run: _Run, mono: float) -> None:
         run.completed_at = mono
@@ -337,13 +358,11 @@ class LifecycleOracle:
     def on_closed(self, rec: Closed) -> list[Finding]:
         """Judge the runs of a closed connection: unfinished ones were cut, not lost."""
         findings: list[Finding] = []
-        for key in [k for k in self._runs if k[0] == rec.connection]:
-            run = self._runs.pop(key)
+        for run in self._pop_connection(rec.connection):
             if run.completed_at is None:
                 self.cut += 1
             else:
                 findings += self._judge(run, now=rec.mono)
-        self._heard.pop(rec.connection, None)
         return findings
 
     def sweep(self, now: float) -> list[Finding]:
@@ -355,7 +374,7 @@ class LifecycleOracle:
             settled = run.completed_at is not None and now - run.completed_at >= self._settle
             expired = run.completed_at is None and now - run.sent.mono >= self._timeout
             if settled or expired:
-                del self._runs[key]
+                self._pop(key)
                 findings += self._judge(run, now=now)
         return findings
 
@@ -369,7 +388,7 @@ class LifecycleOracle:
             run = settling.popleft()
             # Not the run under its key: judged already (its connection closed).
             if runs.get(run.key) is run:
-                del runs[run.key]
+                self._pop(run.key)
                 findings += self._judge(run, now=now)
         expired = []
         for key, run in runs.items():
@@ -378,28 +397,25 @@ class LifecycleOracle:
             if run.completed_at is None:
                 expired.append(key)
         for key in expired:
-            findings += self._judge(runs.pop(key), now=now)
+            findings += self._judge(self._pop(key), now=now)
         return findings
 
     def finish_connection(self, connection: ConnectionId, now: float) -> list[Finding]:
         """Judge the runs of ``connection`` as if it stayed open (call before closing it)."""
         findings: list[Finding] = []
-        for key in [k for k in self._runs if k[0] == connection]:
-            findings += self._judge(self._runs.pop(key), now=now)
-        self._heard.pop(connection, None)
+        for run in self._pop_connection(connection):
+            findings += self._judge(run, now=now)
         return findings
 
     def abandon_connection(self, connection: ConnectionId, now: float) -> list[Finding]:
         """Stop tracking ``connection`` early: finished runs are judged, unfinished ones
         are counted as abandoned (neither lost nor complete: not waited for long enough)."""
         findings: list[Finding] = []
-        for key in [k for k in self._runs if k[0] == connection]:
-            run = self._runs.pop(key)
+        for run in self._pop_connection(connection):
             if run.completed_at is None:
                 self.abandoned += 1
             else:
                 findings += self._judge(run, now=now)
-        self._heard.pop(connection, None)
         return findings
 
     def finish(self, now: float) -> list[Finding]:
@@ -416,6 +432,7 @@ class LifecycleOracle:
             else:
                 findings += self._judge(run, now=now)
         self._runs.clear()
+        self._keys.clear()
         self._heard.clear()
         self._settling.clear()
         return findings
