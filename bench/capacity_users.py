@@ -10,7 +10,8 @@ target's or ours, whichever is slower). Every connection is a real
 :class:`~harness.run.Run` (``events.jsonl`` in a temp dir, both streaming
 oracles on). Once all are open it reads this process's RSS, has every user
 send one message and wait for its five events (each connection is alive,
-not just open), closes them all, and checks the run.
+not just open), closes them all (timed: each close judges that connection's
+runs), and checks the run.
 
 Printed: the handshake rate, failed handshakes, the RSS before the users
 were made and with every connection open, and the memory per user (that
@@ -104,7 +105,9 @@ async def bench(url: str, args: argparse.Namespace, report_dir: Path) -> dict[st
     outcomes = await asyncio.gather(*(run_.done for run_ in runs if run_ is not None))
     chat_s = time.monotonic() - began
     peak = psutil.Process().memory_info().rss
+    began = time.monotonic()
     await workloads.finish(env, conns)
+    close_s = time.monotonic() - began
     run.finish_lifecycles()
     run.close()
     return {
@@ -117,6 +120,7 @@ async def bench(url: str, args: argparse.Namespace, report_dir: Path) -> dict[st
         "rss_peak": peak,
         "completed": sum(1 for outcome in outcomes if outcome == "completed"),
         "chat_s": chat_s,
+        "close_s": close_s,
         "events": run.counts["events_received"],
         "violations": dict(run.finding_counts),
         "errors": {f"{e['kind']}: {e['detail']}": e["count"] for e in run.errors.values()},
@@ -167,6 +171,10 @@ def main() -> int:
         f"one message per user: {result['completed']} runs completed in {result['chat_s']:.2f}s, "
         f"{result['events']} events recorded and checked, violations {result['violations']}, "
         f"errors {result['errors']}"
+    )
+    print(
+        f"closing every connection (each judged by the oracles, after a "
+        f"{workloads.SETTLE_S:g}s settle pause): {result['close_s']:.2f}s"
     )
     ok = (
         result["failed"] == 0
