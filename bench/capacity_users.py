@@ -51,6 +51,7 @@ from compare import SECRET, TENANTS, raise_fd_limit  # noqa: E402
 from harness import workloads  # noqa: E402
 from harness.adapters.aep import AepAdapter  # noqa: E402
 from harness.credentials import JwtCredentials  # noqa: E402
+from harness.gcpolicy import fewer_collections  # noqa: E402
 from harness.run import Run, Target  # noqa: E402
 from harness.safety import Redactor  # noqa: E402
 from harness.transport.base import Connector  # noqa: E402
@@ -146,7 +147,8 @@ def main() -> int:
     try:
         assert target.stdout is not None
         port = target.stdout.readline().split()[1]
-        with tempfile.TemporaryDirectory() as tmp:
+        # As a scenario runs its users (Scenario's event loop runs in this block).
+        with tempfile.TemporaryDirectory() as tmp, fewer_collections():
             result = asyncio.run(bench(f"ws://127.0.0.1:{port}/ws", args, Path(tmp)))
     finally:
         target.kill()

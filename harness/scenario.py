@@ -26,6 +26,7 @@ from harness.coverage import CONDITIONS, DESCRIPTIONS
 from harness.credentials import Credentials
 from harness.distributed import Shard
 from harness.errors import HarnessError, IsolationViolation, UsageError
+from harness.gcpolicy import fewer_collections
 from harness.run import Run
 from harness.transport.base import HttpClient
 from harness.types import ScenarioId
@@ -488,7 +489,8 @@ class Scenario:
 
     def _loop(self, work: Callable[[Env], Coroutine[Any, Any, T]], *, budget_s: float = 0.0) -> T:
         limit = budget_s + 3 * self.run.lifecycle_timeout_s + 30
-        return asyncio.run(self._with_env(work, limit))
+        with fewer_collections():
+            return asyncio.run(self._with_env(work, limit))
 
     async def _with_env(self, work: Callable[[Env], Coroutine[Any, Any, T]], limit: float) -> T:
         w = self._wiring

@@ -10,10 +10,8 @@ Oracles judge the records as they arrive; workloads only drive.
 from __future__ import annotations
 
 import asyncio
-import gc
 import random
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -24,6 +22,7 @@ from harness.coverage import count_overlapping, shared_identifiers
 from harness.credentials import Credentials
 from harness.errors import AuthRefused, TargetError, UsageError
 from harness.faultproxy import FaultProxy
+from harness.gcpolicy import fewer_collections
 from harness.oracles.shared_state import CrossProbe
 from harness.recording import HttpExchange
 from harness.run import Run
@@ -229,31 +228,6 @@ async def chat(
     return sent
 
 
-GC_YOUNG_THRESHOLD = 50_000
-"""Allocations between young-generation collections while a closed loop runs (Python's
-default is 700). Records and frames are acyclic and short-lived: collecting them every
-700 allocations costs about 5% of the CPU per event and frees nothing the reference
-counts do not."""
-_relaxed: list[tuple[int, ...]] = []  # the threshold before, once per block running
-
-
-@contextmanager
-def _fewer_collections() -> Iterator[None]:
-    """Raise the young-generation threshold to :data:`GC_YOUNG_THRESHOLD` for the block
-    (blocks may overlap: the last one to end restores the threshold the first one found)."""
-    before = gc.get_threshold()
-    if not _relaxed:
-        gc.set_threshold(max(before[0], GC_YOUNG_THRESHOLD), *before[1:])
-    _relaxed.append(before)
-    try:
-        yield
-    finally:
-        first = _relaxed[0]
-        _relaxed.pop()
-        if not _relaxed:
-            gc.set_threshold(*first)
-
-
 async def closed_loop(
     env: Env,
     users: Sequence[SimUser],
@@ -274,7 +248,7 @@ async def closed_loop(
     and :func:`finish` judges what is still in flight. Returns the number of
     messages sent.
     """
-    with _fewer_collections():
+    with fewer_collections():
         return await _closed_loop(env, users, messages=messages, thread_of=thread_of)
 
 

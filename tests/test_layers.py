@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent / "harness"
 LAYERS: dict[str, int] = {
     "harness.types": 0,
     "harness.errors": 1,
+    "harness.gcpolicy": 1,
     "harness.settings": 2,
     "harness.safety": 2,
     "harness.aep": 3,

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from pathlib import Path
 
 import orjson
 import pytest
 
+from harness import workloads
 from harness.adapters import AdapterContext
 from harness.adapters.aep import aep_via
+from harness.gcpolicy import GC_YOUNG_THRESHOLD
 from harness.recording import received_frames
 from harness.run import Run, Target
 from harness.scenario import Scenario, Sizes, Wiring
@@ -125,6 +128,21 @@ def test_a_correct_service_passes_with_overlapping_runs(scenario_on, tmp_path):
     harness.verify()
     assert harness.run.counts["events_received"] >= 18 * 5
     assert harness.result.coverage["overlapping_runs"] > 0
+
+
+def test_a_scenarios_work_runs_with_fewer_collections(scenario_on, tmp_path, monkeypatch):
+    seen = []
+    make_users = workloads.make_users
+
+    async def make_users_noting_the_threshold(env, keys):
+        seen.append(gc.get_threshold()[0])
+        return await make_users(env, keys)
+
+    monkeypatch.setattr(workloads, "make_users", make_users_noting_the_threshold)
+    before = gc.get_threshold()
+    scenario_on(TwinService(), tmp_path).users()
+    assert seen == [max(before[0], GC_YOUNG_THRESHOLD)]
+    assert gc.get_threshold() == before
 
 
 def test_a_singleton_emitter_is_caught_as_cross_delivery(scenario_on, tmp_path):
