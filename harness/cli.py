@@ -140,7 +140,13 @@ def _run(ns: argparse.Namespace, pytest_args: list[str]) -> int:
     if not scenarios.is_dir():
         print(f"isoharness: error: no scenarios at {scenarios}; set --scenarios", file=sys.stderr)
         return EXIT_USAGE
-    argv = [str(scenarios), f"--report-dir={report_dir.absolute()}"]
+    argv = [str(scenarios.resolve()), f"--report-dir={report_dir.absolute()}"]
+    if _remote_gateways(pytest_args) and not any(
+        arg == "--rsyncdir" or arg.startswith("--rsyncdir=") for arg in pytest_args
+    ):
+        # xdist runs path arguments on a remote gateway only from the copies it
+        # rsyncs there: the scenarios go with the workers.
+        argv.append(f"--rsyncdir={scenarios.resolve()}")
     argv += [
         f"--junitxml={(report_dir / 'junit.xml').absolute()}",
         "-o",
@@ -189,6 +195,29 @@ def _run(ns: argparse.Namespace, pytest_args: list[str]) -> int:
     if code == pytest.ExitCode.USAGE_ERROR:
         return EXIT_USAGE
     return code
+
+
+def _remote_gateways(pytest_args: Sequence[str]) -> bool:
+    """Whether a ``--tx`` spec starts a worker away from this directory (``ssh=``,
+    ``socket=``, or ``//chdir=``), where pytest-xdist runs path arguments only from
+    the copies it rsyncs (``--rsyncdir``). A spec xdist cannot read is its to report."""
+    import execnet
+
+    specs = [
+        value
+        for flag, value in zip(pytest_args, [*pytest_args[1:], ""], strict=True)
+        if flag == "--tx"
+    ]
+    specs += [arg.removeprefix("--tx=") for arg in pytest_args if arg.startswith("--tx=")]
+    for text in specs:
+        count, star, rest = text.partition("*")
+        try:
+            spec = execnet.XSpec(rest if star and count.isdigit() else text)
+        except Exception:  # noqa: BLE001, S112 - xdist refuses it with its own message
+            continue
+        if not spec.popen or spec.chdir:
+            return True
+    return False
 
 
 def _final_summary(path: Path) -> dict[str, object] | None:

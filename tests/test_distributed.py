@@ -1,7 +1,8 @@
 """Distributed runs (pytest-xdist): users split over workers, one merged verdict.
 
-The acceptance tests run ``isoharness run -- -n 2`` (and ``--tx 2*popen``) as real
-processes against the reference service; the merge itself is pinned on literal
+The acceptance tests run ``isoharness run -- -n 2`` (and ``--tx 2*popen``, and two
+``--tx ssh=…`` gateways through a real sshd on loopback) as real processes against
+the reference service; the merge itself is pinned on literal
 summaries.
 """
 
@@ -29,6 +30,7 @@ from tests.e2e_helpers import (
     seconds,
     secret_needles,
 )
+from tests.ssh_helpers import loopback_sshd
 
 SMALL = ("--users", "4", "--tenants", "2", "--seed", str(SEED))
 COUNTED = ("users", "connections", "messages_sent", "events_received", "http_probes")
@@ -269,6 +271,34 @@ def test_a_correct_service_passes_over_two_local_gateways(tmp_path: Path) -> Non
     assert "memory_growth not judged in a distributed run" in proc.stdout  # at the end
     assert "distributed run: each worker drives a share" in proc.stdout  # and in the header
     assert proc.stdout.splitlines()[-1].startswith("isoharness: PASS")
+    assert "rsyncdir" not in proc.stdout  # local gateways run the scenarios where they are
+
+
+def test_a_leak_between_users_on_two_ssh_gateways_is_reported_with_both_users(
+    tmp_path: Path,
+) -> None:
+    """``--tx ssh=…`` (a real sshd on loopback): the scenarios go to the workers by
+    xdist's rsync, and a leak across workers is merged as over ``-n 2``."""
+    report, remote = tmp_path / "report", tmp_path / "remote"
+    with loopback_sshd(tmp_path / "sshd") as ssh, reference_service("singleton_emitter") as url:
+        gateway = f"{ssh}//python={sys.executable}//chdir={remote}"
+        proc = run_harness(
+            "run", "--target-url", url, "--report-dir", str(report), *SMALL, "--duration", "2",
+            "--", "--tx", gateway, "--tx", gateway, "-k", "test_session_churn",
+            cwd=tmp_path,
+        )  # fmt: skip
+    assert proc.returncode == 1, output_of(proc)
+    assert (remote / "scenarios" / "pytest.ini").is_file()  # what the workers ran
+    merged = assert_counts_are_the_sum(report)
+    assert merged["verdict"] == "fail"
+    [leaked, *_] = [
+        v
+        for v in merged["violations"]
+        if v["kind"] == "cross_delivery" and v.get("owner_worker") not in (None, v["worker"])
+    ]
+    assert leaked["victim"] in {str(u) for u in _driven_by(report, leaked["worker"])}
+    assert leaked["owner"] in {str(u) for u in _driven_by(report, leaked["owner_worker"])}
+    assert "isoharness: FAIL" in proc.stdout.splitlines()[-1]
 
 
 def test_the_events_cap_bounds_the_whole_run_each_worker_writing_its_share(
