@@ -203,10 +203,9 @@ def _remote_gateways(pytest_args: Sequence[str]) -> bool:
     the copies it rsyncs (``--rsyncdir``). A spec xdist cannot read is its to report."""
     import execnet
 
+    # A "--tx" with no value after it is xdist's to refuse.
     specs = [
-        value
-        for flag, value in zip(pytest_args, [*pytest_args[1:], ""], strict=True)
-        if flag == "--tx"
+        value for flag, value in zip(pytest_args, pytest_args[1:], strict=False) if flag == "--tx"
     ]
     specs += [arg.removeprefix("--tx=") for arg in pytest_args if arg.startswith("--tx=")]
     for text in specs:
