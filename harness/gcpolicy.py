@@ -5,8 +5,8 @@ all of it acyclic and freed by reference counting the moment it is done with.
 At Python's default young-generation threshold (700 allocations), those
 allocations also drive the oldest generation's full collections, and each of
 those walks every live object: with 10,000 users open that is half a million
-objects, about 0.4 s a pass, a dozen passes to open, use and close them
-(``bench/capacity_users.py``). :func:`fewer_collections` raises the threshold
+objects and up to 0.4 s a pass, 2.8 s in the dozen passes it took to open, use and
+close them (``bench/capacity_users.py``). :func:`fewer_collections` raises the threshold
 while a scenario runs, so the collector still runs, far less often.
 """
 
