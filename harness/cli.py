@@ -147,6 +147,11 @@ def _run(ns: argparse.Namespace, pytest_args: list[str]) -> int:
         # xdist runs path arguments on a remote gateway only from the copies it
         # rsyncs there: the scenarios go with the workers.
         argv.append(f"--rsyncdir={scenarios.resolve()}")
+        print(
+            "isoharness: remote workers get the scenarios through xdist's --rsyncdir "
+            "(deprecated by xdist 3: its DeprecationWarning at the end is about this)",
+            flush=True,
+        )
     argv += [
         f"--junitxml={(report_dir / 'junit.xml').absolute()}",
         "-o",
