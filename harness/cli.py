@@ -152,6 +152,12 @@ def _run(ns: argparse.Namespace, pytest_args: list[str]) -> int:
             "(deprecated by xdist 3: its DeprecationWarning at the end is about this)",
             flush=True,
         )
+        if settings.target_url is None:
+            print(
+                "isoharness: the embedded service listens on this machine's loopback only: "
+                "workers on other machines need a --target-url they can reach",
+                flush=True,
+            )
     argv += [
         f"--junitxml={(report_dir / 'junit.xml').absolute()}",
         "-o",
