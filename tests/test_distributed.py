@@ -217,19 +217,7 @@ def test_a_leak_between_users_on_different_workers_is_reported_with_both_users(
     merged = assert_counts_are_the_sum(report)
     assert merged["verdict"] == "fail"
     assert merged["final"] is True
-    across = [
-        v
-        for v in merged["violations"]
-        if v["kind"] == "cross_delivery" and v.get("owner_worker") not in (None, v["worker"])
-    ]
-    assert across, merged["violation_counts"]
-    leaked = across[0]
-    victims = {str(u) for u in _driven_by(report, leaked["worker"])}
-    owners = {str(u) for u in _driven_by(report, leaked["owner_worker"])}
-    assert leaked["victim"] in victims
-    assert leaked["owner"] in owners
-    assert leaked["victim"] in leaked["detail"]
-    assert leaked["owner"] in leaked["detail"]
+    assert_a_leak_across_workers_names_both_users(report, merged)
     assert sum(merged["violation_counts"].values()) == sum(
         sum(w["violation_counts"].values()) for w in worker_summaries(report).values()
     )
@@ -237,6 +225,22 @@ def test_a_leak_between_users_on_different_workers_is_reported_with_both_users(
     assert "gw0/events.jsonl" in (report / "report.html").read_text()
     assert not (report / "events.jsonl").exists()  # the controller saw no frame itself
     assert leaks(report, secret_needles(report / "gw0")) == []
+
+
+def assert_a_leak_across_workers_names_both_users(report: Path, merged: dict[str, Any]) -> None:
+    """A cross_delivery whose victim one worker drove and whose owner another did, both
+    named in its detail."""
+    across = [
+        v
+        for v in merged["violations"]
+        if v["kind"] == "cross_delivery" and v.get("owner_worker") not in (None, v["worker"])
+    ]
+    assert across, merged["violation_counts"]
+    leaked = across[0]
+    assert leaked["victim"] in _driven_by(report, leaked["worker"])
+    assert leaked["owner"] in _driven_by(report, leaked["owner_worker"])
+    assert leaked["victim"] in leaked["detail"]
+    assert leaked["owner"] in leaked["detail"]
 
 
 def _driven_by(report: Path, worker: str) -> set[str]:
@@ -293,13 +297,7 @@ def test_a_leak_between_users_on_two_ssh_gateways_is_reported_with_both_users(
     assert "embedded service listens on this machine's loopback" not in proc.stdout
     merged = assert_counts_are_the_sum(report)
     assert merged["verdict"] == "fail"
-    [leaked, *_] = [
-        v
-        for v in merged["violations"]
-        if v["kind"] == "cross_delivery" and v.get("owner_worker") not in (None, v["worker"])
-    ]
-    assert leaked["victim"] in {str(u) for u in _driven_by(report, leaked["worker"])}
-    assert leaked["owner"] in {str(u) for u in _driven_by(report, leaked["owner_worker"])}
+    assert_a_leak_across_workers_names_both_users(report, merged)
     assert "isoharness: FAIL" in proc.stdout.splitlines()[-1]
 
 
