@@ -357,10 +357,8 @@ class EventLog:
                 self.max_bytes is not None and self.bytes + len(data) > self.max_bytes
             ):
                 if not self.lines_dropped:
-                    self._file.write(
-                        orjson.dumps({"k": "capped", "t": time.time(), "max_bytes": self.max_bytes})
-                        + b"\n"
-                    )
+                    capped = {"k": "capped", "t": time.time(), "max_bytes": self.max_bytes}
+                    self._file.write(orjson.dumps(capped, option=_LINE))
                 self.lines_dropped += lines
                 return
             self._file.write(data)
