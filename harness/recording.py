@@ -105,7 +105,35 @@ class HttpExchange:
     purpose: str = ""
 
 
-Record = Received | Sent | Opened | Closed | HttpExchange
+@dataclass(frozen=True, slots=True)
+class OutsideWrite:
+    """A message a user sent where only another's may go, and whether the target took it.
+
+    A broker's adapter publishes into a subject of another user when it opens
+    a connection (NATS: ``publish_outside``); a correct target refuses. An
+    accepted write is a leak whether or not the other user was listening.
+
+    Attributes:
+        writer: the user who sent it (its canary is in the message).
+        connection: the writer's connection.
+        owner: the user the place belongs to, when it is one user's.
+        target: where it was sent (a NATS subject).
+        accepted: the target did not refuse it.
+        answer: the target's refusal, word for word (``""`` when accepted).
+    """
+
+    scenario: ScenarioId
+    writer: UserKey
+    connection: ConnectionId
+    mono: float
+    wall: float
+    owner: UserKey | None
+    target: str
+    accepted: bool
+    answer: str = ""
+
+
+Record = Received | Sent | Opened | Closed | HttpExchange | OutsideWrite
 
 
 class ReceivedBatch(NamedTuple):
@@ -224,6 +252,19 @@ def to_json(rec: Record) -> dict[str, Any]:
             "code": rec.code,
             "reason": rec.reason,
             "runs_in_flight": rec.runs_in_flight,
+        }
+    if isinstance(rec, OutsideWrite):
+        return {
+            "k": "write",
+            "t": rec.wall,
+            "m": round(rec.mono, 6),
+            "scenario": rec.scenario,
+            "user": str(rec.writer),
+            "conn": rec.connection,
+            "owner": None if rec.owner is None else str(rec.owner),
+            "target": rec.target,
+            "accepted": rec.accepted,
+            "answer": rec.answer,
         }
     line = {
         "k": "http",

@@ -22,7 +22,7 @@ from harness.canary import CanaryBook
 from harness.codec import Codec
 from harness.coverage import CONDITIONS, missing
 from harness.findings import Finding
-from harness.oracles.cross_delivery import CrossDeliveryOracle
+from harness.oracles.cross_delivery import CrossDeliveryOracle, check_outside_write
 from harness.oracles.lifecycle import LifecycleOracle
 from harness.oracles.shared_state import CrossProbe, ProbeOutcome, check_exchange, judge_cross_probe
 from harness.oracles.witness import clip
@@ -32,6 +32,7 @@ from harness.recording import (
     EventLog,
     HttpExchange,
     Opened,
+    OutsideWrite,
     Received,
     ReceivedBatch,
     Record,
@@ -291,6 +292,9 @@ class Run:
             elif rec.initiator != "client":
                 code = "" if rec.code is None else f" (code {rec.code})"
                 self.error("connection_closed_by_target", f"{rec.initiator}{code}: {rec.reason}")
+        elif isinstance(rec, OutsideWrite):
+            self.counts["outside_writes"] += 1
+            self.add_findings(check_outside_write(rec, policy=self.policy, seed=self.seed))
         elif isinstance(rec, HttpExchange):
             self.counts["http_probes"] += 1
             if rec.status >= 500:
@@ -444,6 +448,7 @@ class Run:
                 "messages_sent": self.counts["messages_sent"],
                 "events_received": self.counts["events_received"],
                 "http_probes": self.counts["http_probes"],
+                "outside_writes": self.counts["outside_writes"],
                 "runs_cut_by_disconnect": self.runs_cut,
                 "runs_abandoned": self.runs_abandoned,
                 "connections_cut_by_injected_faults": self.counts[

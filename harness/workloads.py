@@ -24,9 +24,9 @@ from harness.errors import AuthRefused, TargetError, UsageError
 from harness.faultproxy import FaultProxy
 from harness.gcpolicy import fewer_collections
 from harness.oracles.shared_state import CrossProbe
-from harness.recording import HttpExchange
+from harness.recording import HttpExchange, OutsideWrite
 from harness.run import Run
-from harness.transport.base import ChannelClosed, HttpClient
+from harness.transport.base import ChannelClosed, HttpClient, OutsideAttempt
 from harness.types import ConnectionId, ScenarioId, UserKey
 from harness.users import PendingRun, SimUser, UserConnection, make_identity
 
@@ -106,7 +106,7 @@ async def connect(
                 env.run.error("connect_failed", exc.reason)
             await asyncio.sleep(user.rng.uniform(0.05, 0.2) * 2**attempt)
             continue
-        return UserConnection(
+        conn = UserConnection(
             user,
             channel,
             connection_id=env.run.next_connection_id(),
@@ -117,7 +117,31 @@ async def connect(
             drops_injected=env.injected_faults,
             codec=env.adapter.codec,
         )
+        record_outside_attempts(env, conn, getattr(channel, "outside_attempts", ()))
+        return conn
     return None
+
+
+def record_outside_attempts(
+    env: Env, conn: UserConnection, attempts: Sequence[OutsideAttempt]
+) -> None:
+    """Record the writes ``conn``'s channel tried outside its user's places as it opened
+    (the run reports each one the target accepted)."""
+    clock = env.run.clock
+    for attempt in attempts:
+        env.run.record(
+            OutsideWrite(
+                env.scenario,
+                conn.user.key,
+                conn.id,
+                clock.mono(),
+                clock.wall(),
+                attempt.owner,
+                attempt.target,
+                attempt.accepted,
+                attempt.answer,
+            )
+        )
 
 
 async def send(env: Env, conn: UserConnection, thread_id: str) -> PendingRun | None:

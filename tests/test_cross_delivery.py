@@ -6,8 +6,8 @@ import orjson
 import pytest
 
 from harness.aep import decode_batch
-from harness.oracles.cross_delivery import CrossDeliveryOracle
-from harness.recording import ReceivedBatch
+from harness.oracles.cross_delivery import CrossDeliveryOracle, check_outside_write
+from harness.recording import OutsideWrite, ReceivedBatch
 from harness.types import ConnectionId, DeliveryPolicy, ViolationKind
 from tests.builders import ALICE, BOB, EVE, SCENARIO, book, event, lifecycle, received
 
@@ -110,3 +110,41 @@ def test_an_iso_that_starts_no_canary_next_to_ones_own_is_not_a_violation(oracle
     assert oracle.check_batch(batch_of(BOB, lifecycle(BOB, f"{bob}-m1", f"{bob} hi"))) == []
     words = f"{bob} isolation isotope iso{bob[3:-1]}"  # the last: the canary, cut short
     assert oracle.check_batch(batch_of(BOB, lifecycle(BOB, f"{bob}-m2", words))) == []
+
+
+def outside_write(writer, owner, *, accepted: bool) -> OutsideWrite:
+    answer = "" if accepted else 'nats: permissions violation for publish to "u0.outside"'
+    return OutsideWrite(SCENARIO, writer, ConnectionId("c4"), 1.5, 1.7e9, owner, "u0.outside",
+                        accepted, answer)  # fmt: skip
+
+
+def test_an_accepted_write_into_another_users_place_is_a_leak_to_that_user():
+    [finding] = check_outside_write(
+        outside_write(BOB, ALICE, accepted=True), policy=DeliveryPolicy.OWNER_ONLY, seed=7
+    )
+    assert finding.kind is ViolationKind.CROSS_DELIVERY
+    assert (finding.victim, finding.owner) == (ALICE, BOB)  # BOB's message, in ALICE's stream
+    assert finding.evidence["signal"] == "publish accepted"
+    assert finding.evidence["target"] == "u0.outside"
+
+
+def test_a_refused_write_or_one_the_policy_allows_is_no_finding():
+    owner_only, same_tenant = DeliveryPolicy.OWNER_ONLY, DeliveryPolicy.SAME_TENANT
+    assert (
+        check_outside_write(outside_write(BOB, ALICE, accepted=False), policy=owner_only, seed=7)
+        == []
+    )
+    assert (
+        check_outside_write(outside_write(BOB, ALICE, accepted=True), policy=same_tenant, seed=7)
+        == []
+    )
+    # Across tenants, or into a place that is nobody's in particular, it still is.
+    [other_tenant] = check_outside_write(
+        outside_write(EVE, ALICE, accepted=True), policy=same_tenant, seed=7
+    )
+    assert other_tenant.crosses_tenant is True
+    [nobodys] = check_outside_write(
+        outside_write(BOB, None, accepted=True), policy=same_tenant, seed=7
+    )
+    assert (nobodys.victim, nobodys.owner) == (None, BOB)
+    assert "outside its own subjects" in nobodys.detail

@@ -8,7 +8,8 @@ misconfigurations are caught as ``cross_delivery`` with the right
 ``crosses_tenant``: one account's wildcard stream exported and imported by
 another account, and one user allowed to subscribe to ``>`` in its account. A
 publish outside the user's own subjects that the server lets through reaches its
-victim with the culprit's canary.
+victim with the culprit's canary, and is reported as a ``cross_delivery`` of its
+own, even when the victim was not there to receive it.
 """
 
 from __future__ import annotations
@@ -31,13 +32,15 @@ from nats_helpers import (
     require_nats_server,
 )
 
+from harness import workloads
 from harness.adapters import AdapterContext, JsonMemoryProbe
 from harness.adapters.nats import NATS_CODEC, create, parse_options, subject_token
 from harness.aep import ErrorFrame, Event, Malformed
 from harness.errors import AuthRefused, ConfigError, TargetUnreachable
-from harness.transport.base import ChannelClosed
+from harness.run import Run, Target
+from harness.transport.base import ChannelClosed, OutsideAttempt
 from harness.transport.nats import open_nats_channel
-from harness.types import TenantId, UserId, UserKey
+from harness.types import ScenarioId, TenantId, UserId, UserKey, ViolationKind
 from harness.users import Identity, SimUser
 
 TENANTS = ("acme", "globex")
@@ -150,6 +153,10 @@ def test_a_channel_subscribes_as_widely_as_allowed_and_gets_its_own_messages(iso
             'nats: permissions violation for publish to "u1.outside"',
         ]
         assert adapter.accepted_outside == []
+        refusal = channel.refused[1]
+        assert channel.outside_attempts == [
+            OutsideAttempt("u1.outside", UserKey(TenantId("acme"), UserId("u1")), False, refusal)
+        ]
         text = NATS_CODEC.encode_message(message_id="m1", thread_id="main", content="hi")
         await channel.send(text)
         raw, binary = await asyncio.wait_for(channel.recv(), 5)
@@ -179,6 +186,9 @@ def test_a_publish_outside_the_users_subjects_that_the_server_allows_reaches_the
         victim = await adapter.open(sim_user(acme_u0))
         culprit = await adapter.open(sim_user(acme_u1))
         assert adapter.accepted_outside == ["u0.outside"]
+        assert culprit.outside_attempts == [
+            OutsideAttempt("u0.outside", UserKey(TenantId("acme"), UserId("u0")), True, "")
+        ]
         raw, _ = await asyncio.wait_for(victim.recv(), 5)
         frame = NATS_CODEC.decode(raw)
         assert isinstance(frame, Event)
@@ -189,6 +199,68 @@ def test_a_publish_outside_the_users_subjects_that_the_server_allows_reaches_the
 
     with nats_server(NatsConfig(users), tmp_path) as server:
         asyncio.run(main(server))
+
+
+def test_an_accepted_outside_publish_is_reported_though_its_victim_had_left(tmp_path):
+    # acme/u1 may publish anywhere in its account. acme/u0 is gone when acme/u1
+    # connects, so nobody receives the publish: only the server's answer shows the hole.
+    users = [
+        replace(u, publish=[">"]) if (u.tenant, u.user) == ("acme", "u1") else u
+        for u in isolated_users(TENANTS, 2)
+    ]
+    victim, culprit = sim_user(users[0]), sim_user(users[2])
+    run = Run(
+        target=Target("http://127.0.0.1", "ws://127.0.0.1", adapter="nats"),
+        report_dir=tmp_path / "report",
+        seed=SEED,
+        run_key=b"nats-outside-publish-run-key-32b",
+        run_id="20260101T000000Z-0a75de",
+        lifecycle_timeout_s=5.0,
+        codec=NATS_CODEC,
+    )
+
+    async def main(server: RunningNats) -> None:
+        base_url = server.ws_url.replace("ws", "http")
+        env = workloads.Env(
+            run=run,
+            scenario=ScenarioId("test_nats::outside"),
+            adapter=create(AdapterContext(base_url=base_url, ws_url="")),
+            http=None,  # type: ignore[arg-type]
+            credentials=None,  # type: ignore[arg-type]
+            base_url=base_url,
+            ws_url=server.ws_url,
+        )
+        first = await workloads.connect(env, victim)
+        assert first is not None
+        await first.close()
+        second = await workloads.connect(env, culprit)
+        assert second is not None
+        await asyncio.sleep(0.2)
+        await second.close()
+
+    with nats_server(NatsConfig(users), tmp_path) as server:
+        asyncio.run(main(server))
+    run.close()
+    assert run.counts["events_received"] == 0
+    assert run.counts["outside_writes"] == 1
+    [finding] = run.findings
+    assert (finding.kind, finding.victim, finding.owner) == (
+        ViolationKind.CROSS_DELIVERY,
+        victim.key,
+        culprit.key,
+    )
+    assert finding.detail.startswith(
+        "the target accepted acme/u1's publish to 'u0.outside', a subject of acme/u0"
+    )
+    assert finding.evidence["signal"] == "publish accepted"
+    lines = [orjson.loads(line) for line in (tmp_path / "report/events.jsonl").read_bytes().split()]
+    [write] = [line for line in lines if line["k"] == "write"]
+    assert (write["user"], write["owner"], write["target"], write["accepted"]) == (
+        "acme/u1",
+        "acme/u0",
+        "u0.outside",
+        True,
+    )
 
 
 def test_a_wrong_password_is_auth_refused_and_a_closed_port_unreachable(isolated):
@@ -217,6 +289,15 @@ def test_a_wrong_password_is_auth_refused_and_a_closed_port_unreachable(isolated
 
 
 # -- the harness's CLI against a real server ------------------------------------------------------
+
+
+def events_of(report: Path) -> list[dict[str, object]]:
+    """Every line of every ``events.jsonl`` under ``report``."""
+    return [
+        orjson.loads(line)
+        for path in report.rglob("events.jsonl")
+        for line in path.read_bytes().splitlines()
+    ]
 
 
 def harness_against(
@@ -259,6 +340,11 @@ def test_a_correctly_isolated_server_passes_with_memory_and_connections_sampled(
     connections = [s["values"]["nats_connections"] for s in samples]
     assert connections[0] == connections[-1] == 0
     assert max(connections) > 0
+    # Users that connected together still tried each other's subjects, and were refused.
+    assert summary["counts"]["outside_writes"] > 0
+    writes = [line for line in events_of(report) if line["k"] == "write"]
+    assert len(writes) == summary["counts"]["outside_writes"]
+    assert all(not w["accepted"] and "permissions violation" in w["answer"] for w in writes)
 
 
 def test_a_wildcard_stream_exported_to_another_account_is_caught_across_tenants(tmp_path):
@@ -293,6 +379,23 @@ def test_a_user_allowed_to_subscribe_to_everything_in_its_account_is_caught(tmp_
     assert all(v["crosses_tenant"] is False for v in violations)
     assert {(v["victim"], v["owner"]) for v in violations} == {("acme/u1", "acme/u0")}
     assert "acme/u1 received another user's frame (owner acme/u0" in violations[0]["detail"]
+
+
+def test_a_user_allowed_to_publish_into_another_users_subjects_is_caught(tmp_path):
+    users = [
+        replace(u, publish=[">"]) if (u.tenant, u.user) == ("acme", "u1") else u
+        for u in isolated_users(TENANTS, 4)
+    ]
+    code, output, summary, _ = harness_against(NatsConfig(users), tmp_path)
+    assert (code, summary["verdict"]) == (1, "fail"), output
+    violations = summary["violations"]
+    assert {v["kind"] for v in violations} == {"cross_delivery"}
+    # The victim may also receive the publish (found by canary); the accepted write
+    # itself is reported in every scenario step that opened acme/u1.
+    assert {(v["victim"], v["owner"]) for v in violations} == {("acme/u0", "acme/u1")}
+    accepted = [v for v in violations if v["evidence"]["signal"] == "publish accepted"]
+    assert accepted, output
+    assert all(v["evidence"]["target"] == "u0.outside" for v in accepted)
 
 
 def test_a_wrong_password_is_a_one_line_error_and_exit_code_3(tmp_path):

@@ -10,7 +10,9 @@ expected and not an error), tries to publish where it must not
 subject (``subject``). NATS has no owner attribution: events carry no owner
 tags, so canaries alone decide — any foreign canary a user receives, through
 a subscription too wide, an import of another account's stream or another
-user publishing into its subjects, is a ``cross_delivery``.
+user publishing into its subjects, is a ``cross_delivery``. So is an outside
+publish the server accepts, whether or not anyone was subscribed to see it:
+the victim is the user whose subject it was (``{other}``).
 
 A user's run is one event: its own message coming back on its subscription
 (``Lifecycle(("message",))``), so a message the server drops is a
@@ -26,8 +28,8 @@ A user's run is one event: its own message coming back on its subscription
 
 Placeholders: ``{tenant}`` and ``{user}`` (the user's ids), ``{thread}`` (the
 thread id, in ``subject`` only) and ``{other}`` (in ``publish_outside`` only:
-another user of the same tenant this adapter connected earlier; the attempt
-is skipped when there is none). Values are made subject-safe: any character
+another user of the same tenant this adapter connected, or began to connect,
+earlier; the attempt is skipped when there is none). Values are made subject-safe: any character
 other than letters, digits, ``_`` and ``-`` becomes ``_``.
 
 With ``monitor_url`` (and ``memory_source`` left at ``auto``) the timeline
@@ -53,8 +55,8 @@ from harness.aep import ErrorFrame, Event, Frame, Malformed, decode_json
 from harness.codec import Lifecycle
 from harness.errors import ConfigError
 from harness.transport.base import Channel
-from harness.transport.nats import open_nats_channel
-from harness.types import TenantId, UserId
+from harness.transport.nats import OutsidePublish, open_nats_channel
+from harness.types import TenantId, UserId, UserKey
 from harness.users import SimUser
 
 NATS_LIFECYCLE = Lifecycle(("message",))
@@ -224,11 +226,11 @@ class NatsAdapter:
         self.options = options
         self.url = url
         self._tls = context.ssl_context
-        #: Users opened so far, per tenant (``{other}`` in ``publish_outside``).
+        #: Users opened so far, or being opened, per tenant (``{other}`` in ``publish_outside``).
         self._seen: dict[TenantId, list[UserId]] = {}
         #: Refusals of wide subscriptions and outside publishes (expected on a correct server).
         self.refused = 0
-        #: Outside publishes the server let through.
+        #: Outside publishes the server let through (each is also reported as a finding).
         self.accepted_outside: list[str] = []
 
     def username(self, user: SimUser) -> str:
@@ -246,17 +248,22 @@ class NatsAdapter:
         subscribe = [_fill(pattern, **names) for pattern in opts.subscribe]
         peers = self._seen.setdefault(key.tenant, [])
         other = next((peer for peer in peers if peer != key.user), None)
-        outside: list[tuple[str, str]] = []
+        # Seen from the start: users opened together still find each other. The
+        # other user need not be listening: the server must refuse the publish.
+        if key.user not in peers:
+            peers.append(key.user)
+        outside: list[OutsidePublish] = []
         for template in opts.publish_outside:
             if "{other}" in template and other is None:
                 continue
             subject = _fill(template, other=other or "", **names)
+            owner = UserKey(key.tenant, other) if "{other}" in template and other else None
             text = self.codec.encode_message(
                 message_id=f"{user.canary}-outside",
                 thread_id="outside",
                 content=f"{user.canary} published by {key} on {subject}, outside its subjects",
             )
-            outside.append((subject, text))
+            outside.append((subject, text, owner))
         channel = await open_nats_channel(
             self.url,
             user=self.username(user),
@@ -266,8 +273,6 @@ class NatsAdapter:
             publish_outside=outside,
             ssl_context=self._tls,
         )
-        if key.user not in peers:
-            peers.append(key.user)
         self.refused += len(channel.refused)
         self.accepted_outside += channel.accepted_outside
         return channel

@@ -11,6 +11,10 @@ is seen even when the service rewrote the tags on the leaked event:
 A protocol without owner tags (its codec decodes events with ``user_id``
 ``None``) is judged by the canaries alone: every message a user sends carries
 its canary, so whatever the service derives from it still names its owner.
+
+A broker is also asked directly: :func:`check_outside_write` judges a user's
+publish into another user's subject. Accepted, it is a delivery path into
+that user's stream, reported even when nobody was subscribed to see it.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from harness.canary import CanaryBook
 from harness.findings import Finding
 from harness.oracles.policy import permitted
 from harness.oracles.witness import clip, iso_time, locate
-from harness.recording import Received, ReceivedBatch
+from harness.recording import OutsideWrite, Received, ReceivedBatch
 from harness.types import DeliveryPolicy, TenantId, UserId, UserKey, ViolationKind
 
 CANARY_PREFIX = "iso"
@@ -193,3 +197,36 @@ class CrossDeliveryOracle:
             detail=detail,
             evidence=evidence,
         )
+
+
+def check_outside_write(rec: OutsideWrite, *, policy: DeliveryPolicy, seed: int) -> list[Finding]:
+    """One finding if the target accepted ``rec``, a write where the writer's messages
+    must not go (none when refused, or when ``policy`` lets the owner receive them).
+
+    The victim is the user the place belongs to (``None`` when it is nobody's in
+    particular); the owner of what leaks is the writer.
+    """
+    if not rec.accepted or (rec.owner is not None and permitted(policy, rec.writer, rec.owner)):
+        return []
+    where = "outside its own subjects" if rec.owner is None else f"a subject of {rec.owner}"
+    detail = (
+        f"the target accepted {rec.writer}'s publish to {rec.target!r}, {where}, on "
+        f"connection {rec.connection}: another user can put messages into that stream"
+    )
+    return [
+        Finding(
+            kind=ViolationKind.CROSS_DELIVERY,
+            scenario=rec.scenario,
+            victim=rec.owner,
+            owner=rec.writer,
+            detail=detail,
+            evidence={
+                "signal": "publish accepted",
+                "target": rec.target,
+                "connection": rec.connection,
+                "received_at": iso_time(rec.wall),
+                "received_mono": round(rec.mono, 6),
+                "seed": seed,
+            },
+        )
+    ]

@@ -10,6 +10,7 @@ from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
 from harness.errors import HarnessError
+from harness.types import UserKey
 
 
 class ChannelClosed(HarnessError):
@@ -32,6 +33,27 @@ class ChannelClosed(HarnessError):
 
     def __str__(self) -> str:
         return f"connection closed by {self.initiator} (code {self.code}): {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class OutsideAttempt:
+    """A write a channel tried, as it opened, where its user's messages must not go.
+
+    A channel that makes such attempts (NATS: ``publish_outside``) lists them
+    in an ``outside_attempts`` attribute; the harness records each one
+    (:class:`~harness.recording.OutsideWrite`) and reports an accepted one.
+
+    Attributes:
+        target: where it was sent (a NATS subject).
+        owner: the user the place belongs to, when it is one user's.
+        accepted: the target did not refuse it.
+        answer: the target's refusal, word for word (``""`` when accepted).
+    """
+
+    target: str
+    owner: UserKey | None
+    accepted: bool
+    answer: str = ""
 
 
 class Channel(Protocol):

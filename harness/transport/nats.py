@@ -18,9 +18,10 @@ round trip (``SUB`` then ``PING``: the server answers a refused ``SUB`` with
 with the first accepted pattern and every refusal in :attr:`NatsChannel.refused`.
 On a correctly configured server the wide attempts are refused; that is
 expected and is not an error. Publishes outside the user's subjects are tried
-the same way (:attr:`NatsChannel.accepted_outside` lists those the server
-let through). A refused publish of the user's own message after that is a
-target fault: it arrives as a ``{"error": …}`` frame.
+the same way, each with its answer in :attr:`NatsChannel.outside_attempts`
+(the harness reports one the server let through). A refused publish of the
+user's own message after that is a target fault: it arrives as a
+``{"error": …}`` frame.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
 from harness.errors import AuthRefused, TargetError, TargetUnreachable
-from harness.transport.base import ChannelClosed
+from harness.transport.base import ChannelClosed, OutsideAttempt
+from harness.types import UserKey
 
 __all__ = ["NatsChannel", "open_nats_channel"]
 
@@ -46,6 +48,8 @@ DRAIN_TIMEOUT_S = 1.0
 """How long closing waits for the server to take back the subscription and buffered frames."""
 
 _Closing = tuple[Literal["client", "server", "error"], str]
+OutsidePublish = tuple[str, str, UserKey | None]
+"""``(subject, text, owner)``: a publish the server should refuse, and whose subject it is."""
 
 
 def _public(url: str) -> str:
@@ -60,7 +64,7 @@ class NatsChannel:
         subscription: the subscription pattern the server accepted.
         refused: the server's refusals of the wide subscription and outside
             publish attempts, in order (expected on a correct server).
-        accepted_outside: outside publish subjects the server did not refuse.
+        outside_attempts: every outside publish tried, with the server's answer.
     """
 
     def __init__(self, client: Client, *, url: str, route: Callable[[str], str]) -> None:
@@ -74,7 +78,7 @@ class NatsChannel:
         self._setting_up = True
         self.subscription: str | None = None
         self.refused: list[str] = []
-        self.accepted_outside: list[str] = []
+        self.outside_attempts: list[OutsideAttempt] = []
 
     # -- callbacks from nats-py ------------------------------------------------------------------
 
@@ -154,15 +158,21 @@ class NatsChannel:
             "the user must be allowed to subscribe to at least its own subjects",
         )
 
-    async def _publish_outside(self, attempts: Sequence[tuple[str, str]], timeout_s: float) -> None:
-        for subject, text in attempts:
+    @property
+    def accepted_outside(self) -> list[str]:
+        """The outside publish subjects the server did not refuse."""
+        return [attempt.target for attempt in self.outside_attempts if attempt.accepted]
+
+    async def _publish_outside(self, attempts: Sequence[OutsidePublish], timeout_s: float) -> None:
+        for subject, text, owner in attempts:
             before = len(self._violations)
             await self._client.publish(subject, text.encode())
             refusal = await self._refused(before, subject, timeout_s)
-            if refusal is None:
-                self.accepted_outside.append(subject)
-            else:
+            if refusal is not None:
                 self.refused.append(refusal)
+            self.outside_attempts.append(
+                OutsideAttempt(subject, owner, accepted=refusal is None, answer=refusal or "")
+            )
 
     # -- Channel ---------------------------------------------------------------------------------
 
@@ -206,7 +216,7 @@ async def open_nats_channel(
     password: str,
     subscribe: Sequence[str],
     route: Callable[[str], str],
-    publish_outside: Sequence[tuple[str, str]] = (),
+    publish_outside: Sequence[OutsidePublish] = (),
     ssl_context: ssl.SSLContext | None = None,
     timeout_s: float = 10.0,
 ) -> NatsChannel:
@@ -218,7 +228,8 @@ async def open_nats_channel(
         password: its password (the simulated user's token).
         subscribe: subscription patterns, widest first; the first accepted is kept.
         route: the subject to publish a sent text on.
-        publish_outside: ``(subject, text)`` publishes the server should refuse.
+        publish_outside: ``(subject, text, owner)`` publishes the server should refuse
+            (``owner``: the user whose subject it is, if it is one user's).
         ssl_context: TLS settings for ``wss://``/``tls://``.
         timeout_s: connect and round-trip timeout.
 
