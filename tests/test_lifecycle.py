@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -89,6 +90,30 @@ def test_a_run_cut_by_a_disconnect_is_not_lost(oracle):
     assert oracle.on_closed(closed(ALICE)) == []
     assert oracle.cut == 1
     assert oracle.finish(now=50.0) == []
+
+
+@pytest.mark.parametrize(("closed_after", "lost"), [(0.5, False), (1.5, True)])
+def test_a_run_missing_an_event_at_a_close_within_its_settle_period_is_cut_not_lost(
+    closed_after, lost
+):
+    # A target that reorders a run's events (agent_completed overtook tool_completed)
+    # may still have been sending the missing one when the connection closed.
+    oracle = LifecycleOracle(timeout_s=10.0, settle_s=1.0)
+    oracle.on_sent(sent(ALICE, "m1", mono=1.0))
+    oracle.on_sent(sent(ALICE, "m2", mono=1.0))
+    reordered = lifecycle(ALICE, "m1", "x")
+    del reordered[3]  # tool_completed: still on its way
+    whole = lifecycle(ALICE, "m2", "y")
+    for obj in [*reordered, *whole]:
+        oracle.on_received(replace(received(ALICE, obj), mono=5.0))
+    findings = oracle.on_closed(closed(ALICE, mono=5.0 + closed_after))
+    if lost:
+        [finding] = findings
+        assert finding.kind is ViolationKind.LOST_EVENT
+        assert "without tool_completed" in finding.detail
+    else:
+        assert findings == []
+    assert (oracle.cut, oracle.completed) == (0, 2) if lost else (1, 1)
 
 
 def test_closing_a_connection_judges_its_own_runs_in_order_and_no_others(oracle):

@@ -356,10 +356,18 @@ class LifecycleOracle:
             self._complete(run, rec.mono)
 
     def on_closed(self, rec: Closed) -> list[Finding]:
-        """Judge the runs of a closed connection: unfinished ones were cut, not lost."""
+        """Judge the runs of a closed connection: unfinished ones were cut, not lost.
+
+        So was a run that completed within the settle period before the close
+        with events still missing: on a target that reorders a run's events,
+        they may have been on their way (the reordering itself was reported
+        as it arrived). After the settle period, what is missing is lost.
+        """
         findings: list[Finding] = []
         for run in self._pop_connection(rec.connection):
             if run.completed_at is None:
+                self.cut += 1
+            elif rec.mono - run.completed_at < self._settle and self._missing(run):
                 self.cut += 1
             else:
                 findings += self._judge(run, now=rec.mono)
@@ -463,18 +471,8 @@ class LifecycleOracle:
                 None,
             )
         self.completed += 1
-        seen = run.malformed | {n for phase, n in enumerate(self._names) if run.kinds >> phase & 1}
-        # Singular events first, then the repeatable ones (each needed at least once).
-        missing = [name for name in self._singular if name not in seen]
-        missing += [name for name in self._repeatable if name not in seen]
-        # Counted, never enumerated: a target may send seq 10**18.
-        held = run.prefix + sum(1 for seq in run.seqs if run.prefix < seq <= run.max_seq)
-        gaps: list[int] = []
-        if run.max_seq - held > run.malformed_count:
-            absent = (n for n in range(run.prefix + 1, run.max_seq + 1) if n not in run.seqs)
-            gaps = list(itertools.islice(absent, 10))
-        if missing or gaps:
-            what = ", ".join(missing) if missing else f"seq {', '.join(map(str, gaps))}"
+        what = self._missing(run)
+        if what:
             return self._flag(
                 run,
                 ViolationKind.LOST_EVENT,
@@ -482,6 +480,21 @@ class LifecycleOracle:
                 None,
             )
         return []
+
+    def _missing(self, run: _Run) -> str:
+        """What a completed run lacks (event types, else seqs), or ``""``."""
+        seen = run.malformed | {n for phase, n in enumerate(self._names) if run.kinds >> phase & 1}
+        # Singular events first, then the repeatable ones (each needed at least once).
+        missing = [name for name in self._singular if name not in seen]
+        missing += [name for name in self._repeatable if name not in seen]
+        if missing:
+            return ", ".join(missing)
+        # Counted, never enumerated: a target may send seq 10**18.
+        held = run.prefix + sum(1 for seq in run.seqs if run.prefix < seq <= run.max_seq)
+        if run.max_seq - held > run.malformed_count:
+            absent = (n for n in range(run.prefix + 1, run.max_seq + 1) if n not in run.seqs)
+            return f"seq {', '.join(map(str, itertools.islice(absent, 10)))}"
+        return ""
 
     def _flag(
         self, run: _Run, kind: ViolationKind, detail: str, rec: Received | None
