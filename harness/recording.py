@@ -199,6 +199,20 @@ def _clip(text: str) -> dict[str, Any]:
     return {"raw": text[:RAW_LIMIT], "truncated_from": len(text)}
 
 
+def _connection_line(
+    kind: str, rec: Opened | Closed | OutsideWrite, user: UserKey
+) -> dict[str, Any]:
+    """The fields every line about one connection starts with."""
+    return {
+        "k": kind,
+        "t": rec.wall,
+        "m": round(rec.mono, 6),
+        "scenario": rec.scenario,
+        "user": str(user),
+        "conn": rec.connection,
+    }
+
+
 def to_json(rec: Record) -> dict[str, Any]:
     """The ``events.jsonl`` form of a record (one JSON object per line)."""
     if isinstance(rec, Sent):  # the hot path: one per message (received frames come in batches)
@@ -231,36 +245,16 @@ def to_json(rec: Record) -> dict[str, Any]:
             line["binary"] = True
         return line
     if isinstance(rec, Opened):
-        return {
-            "k": "open",
-            "t": rec.wall,
-            "m": round(rec.mono, 6),
-            "scenario": rec.scenario,
-            "user": str(rec.user),
-            "conn": rec.connection,
-            "reconnect": rec.reconnect,
-        }
+        return _connection_line("open", rec, rec.user) | {"reconnect": rec.reconnect}
     if isinstance(rec, Closed):
-        return {
-            "k": "close",
-            "t": rec.wall,
-            "m": round(rec.mono, 6),
-            "scenario": rec.scenario,
-            "user": str(rec.user),
-            "conn": rec.connection,
+        return _connection_line("close", rec, rec.user) | {
             "initiator": rec.initiator,
             "code": rec.code,
             "reason": rec.reason,
             "runs_in_flight": rec.runs_in_flight,
         }
     if isinstance(rec, OutsideWrite):
-        return {
-            "k": "write",
-            "t": rec.wall,
-            "m": round(rec.mono, 6),
-            "scenario": rec.scenario,
-            "user": str(rec.writer),
-            "conn": rec.connection,
+        return _connection_line("write", rec, rec.writer) | {
             "owner": None if rec.owner is None else str(rec.owner),
             "target": rec.target,
             "accepted": rec.accepted,

@@ -129,6 +129,14 @@ def isolated(tmp_path: Path) -> Iterator[tuple[NatsConfig, RunningNats]]:
         yield config, server
 
 
+def acme_u1_allowed(users: int, **permissions: list[str]) -> list[NatsUser]:
+    """:func:`isolated_users` with acme/u1's ``publish`` or ``subscribe`` widened."""
+    return [
+        replace(u, **permissions) if (u.tenant, u.user) == ("acme", "u1") else u
+        for u in isolated_users(TENANTS, users)
+    ]
+
+
 def sim_user(nats_user: NatsUser, *, password: str | None = None) -> SimUser:
     key = UserKey(TenantId(nats_user.tenant), UserId(nats_user.user))
     identity = Identity(key=key, name="N", email="n@example.com", locale="en_US")
@@ -175,10 +183,7 @@ def test_a_channel_subscribes_as_widely_as_allowed_and_gets_its_own_messages(iso
 def test_a_publish_outside_the_users_subjects_that_the_server_allows_reaches_the_victim(
     tmp_path,
 ):
-    users = [
-        replace(u, publish=[">"]) if (u.tenant, u.user) == ("acme", "u1") else u
-        for u in isolated_users(TENANTS, 2)
-    ]
+    users = acme_u1_allowed(2, publish=[">"])
     acme_u0, acme_u1 = users[0], users[2]
 
     async def main(server: RunningNats) -> None:
@@ -204,10 +209,7 @@ def test_a_publish_outside_the_users_subjects_that_the_server_allows_reaches_the
 def test_an_accepted_outside_publish_is_reported_though_its_victim_had_left(tmp_path):
     # acme/u1 may publish anywhere in its account. acme/u0 is gone when acme/u1
     # connects, so nobody receives the publish: only the server's answer shows the hole.
-    users = [
-        replace(u, publish=[">"]) if (u.tenant, u.user) == ("acme", "u1") else u
-        for u in isolated_users(TENANTS, 2)
-    ]
+    users = acme_u1_allowed(2, publish=[">"])
     victim, culprit = sim_user(users[0]), sim_user(users[2])
     run = Run(
         target=Target("http://127.0.0.1", "ws://127.0.0.1", adapter="nats"),
@@ -367,10 +369,7 @@ def test_a_wildcard_stream_exported_to_another_account_is_caught_across_tenants(
 
 
 def test_a_user_allowed_to_subscribe_to_everything_in_its_account_is_caught(tmp_path):
-    users = [
-        replace(u, subscribe=[">"]) if (u.tenant, u.user) == ("acme", "u1") else u
-        for u in isolated_users(TENANTS, 4)
-    ]
+    users = acme_u1_allowed(4, subscribe=[">"])
     code, output, summary, _ = harness_against(NatsConfig(users), tmp_path)
     assert (code, summary["verdict"]) == (1, "fail"), output
     violations = summary["violations"]
@@ -382,10 +381,7 @@ def test_a_user_allowed_to_subscribe_to_everything_in_its_account_is_caught(tmp_
 
 
 def test_a_user_allowed_to_publish_into_another_users_subjects_is_caught(tmp_path):
-    users = [
-        replace(u, publish=[">"]) if (u.tenant, u.user) == ("acme", "u1") else u
-        for u in isolated_users(TENANTS, 4)
-    ]
+    users = acme_u1_allowed(4, publish=[">"])
     code, output, summary, _ = harness_against(NatsConfig(users), tmp_path)
     assert (code, summary["verdict"]) == (1, "fail"), output
     violations = summary["violations"]
