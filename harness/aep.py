@@ -31,6 +31,8 @@ REPEATABLE = frozenset({"agent_thinking"})
 
 EVENT_FIELDS = ("type", "user_id", "tenant_id", "thread_id", "message_id", "run_id", "seq", "data")
 PING = '{"type":"ping"}'
+CLOSE_UNAUTHORIZED = 4401
+"""The close code of an accepted WebSocket whose token is not valid (§1)."""
 
 
 def user_message(*, message_id: str, thread_id: str, content: str) -> str:

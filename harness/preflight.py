@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 
 from harness.adapters import Adapter
-from harness.aep import PING, Event, Pong
-from harness.errors import ProtocolMismatch, TargetError, TargetUnreachable
+from harness.aep import CLOSE_UNAUTHORIZED, PING, Event, Pong
+from harness.errors import AuthRefused, ProtocolMismatch, TargetError, TargetUnreachable
 from harness.transport.base import ChannelClosed, HttpClient
 from harness.users import SimUser
 
@@ -36,7 +36,8 @@ async def preflight(
 
     Raises:
         TargetUnreachable: nothing answers at the target.
-        AuthRefused: the target refused the user's credentials.
+        AuthRefused: the target refused the user's credentials (at the handshake,
+            or by closing the accepted connection with 4401).
         ProtocolMismatch: something answered, but not as the protocol says.
     """
     capabilities = adapter.capabilities
@@ -81,6 +82,12 @@ async def preflight(
             f"(does the target speak what the {adapter.name} adapter expects?)",
         ) from None
     except ChannelClosed as exc:
+        if exc.initiator == "server" and exc.code == CLOSE_UNAUTHORIZED:
+            raise AuthRefused(
+                ws_url,
+                f"the WebSocket was accepted, then closed with {exc.code} (unauthorized): "
+                "check the credentials the harness mints or reads",
+            ) from exc
         raise TargetError(
             ws_url, f"the connection was closed during the preflight ({exc})"
         ) from exc

@@ -51,6 +51,7 @@ FAULTS: dict[str, str] = {
     # Handshake and HTTP.
     "refuse_403": "the WebSocket handshake is refused with 403",
     "refuse_500": "the WebSocket handshake is refused with 500",
+    "close_4401": "the WebSocket is accepted, then closed with 4401 (unauthorized)",
     "http_5xx": "every /api/* request answers 503",
     "slow_http": "every /api/* request answers after `slow_s` seconds",
 }
@@ -151,6 +152,9 @@ def make_app(behaviour: Behaviour, secret: str) -> Any:
             return web.json_response({"error": "unauthorized"}, status=401)
         ws = web.WebSocketResponse(max_msg_size=1 << 20)
         await ws.prepare(request)
+        if "close_4401" in behaviour:
+            await ws.close(code=4401, message=b"unauthorized")
+            return ws
         stats["connections"] += 1
         sent = [0]
         runs: set[asyncio.Task[None]] = set()

@@ -448,6 +448,7 @@ UNUSABLE = re.compile(r"isoharness: (error: )?target \S+ is unusable: (?P<reason
         ("refuse_500", "the WebSocket handshake answered 500"),
         ("silent", "no pong or agent_started within 1s of a ping and a user_message"),
         ("stopped", "cannot connect: "),
+        ("close_4401", "the WebSocket was accepted, then closed with 4401 (unauthorized)"),
     ],
 )
 def test_the_cli_exits_3_with_one_line_when_the_target_is_unusable_from_the_start(
