@@ -45,6 +45,7 @@ from harness.reference.runs import RunSpec
 log = logging.getLogger(__name__)
 
 IDENTITY = web.RequestKey("identity", Identity)
+BODY = web.RequestKey("body", bytes)
 WS_CLOSE_TIMEOUT_S = 2.0
 
 _ERROR_CODES = {
@@ -134,6 +135,13 @@ class Service:
                     return error_response(401)
                 if (request.content_length or 0) > MAX_BODY_BYTES:
                     return error_response(413)
+                if request.body_exists:
+                    # Read here, bounded, whatever the method: a chunked body declares
+                    # no length, and a handler that ignores bodies must not act on one.
+                    body = await _read_body(request)
+                    if body is None:
+                        return error_response(413)
+                    request[BODY] = body
                 request[IDENTITY] = user
             return await handler(request)
         except web.HTTPException as exc:
@@ -163,11 +171,8 @@ class Service:
         user, key = request[IDENTITY], request.match_info["key"]
         if not valid_key(key):
             return error_response(400)
-        body = await _read_body(request)
-        if body is None:
-            return error_response(413)
         try:
-            doc = orjson.loads(body)
+            doc = orjson.loads(request.get(BODY, b""))
         except orjson.JSONDecodeError:
             return error_response(400)
         if not isinstance(doc, dict) or "value" not in doc:
