@@ -21,11 +21,11 @@ the module that implements it):
   HTTP only the header counts. If the header is present it is the credential,
   valid or not.
 - Every ``/api/*`` path (even an unknown one) and ``/ws`` need a token; 401
-  beats every other status. Then: declared body over 64 KiB → 413; unknown
-  route → 404, wrong method → 405; bad key or thread id → 400; a chunked body
-  over 64 KiB → 413; a PUT body that is not a JSON object with a ``value``
-  member (including an empty or non-UTF-8 body) → 400. The body's
-  Content-Type is not checked.
+  beats every other status. Then: a body over 64 KiB (declared, or chunked and
+  read up to the limit, whatever the method) → 413; unknown route → 404, wrong
+  method → 405; bad key or thread id → 400; a PUT body that is not a JSON
+  object with a ``value`` member (including an empty or non-UTF-8 body) → 400.
+  The body's Content-Type is not checked.
 - Thread ids follow the key rule (1–128 of ``[A-Za-z0-9._:-]``) both in
   ``/api/threads/{thread_id}`` (else 400) and in ``user_message`` frames (else
   a ``bad_request`` error frame).

@@ -3,11 +3,11 @@
 Request handling order, for every ``/api/*`` and ``/ws`` request:
 
 1. authentication (401 ``unauthorized``) — before anything else (AEP/1 §1);
-2. declared body size over 64 KiB (413 ``payload_too_large``);
+2. a body over 64 KiB, declared or chunked, whatever the method (413
+   ``payload_too_large``): a body is read here, bounded, before any handler;
 3. routing and method (404 ``not_found``, 405 ``method_not_allowed``);
 4. key or thread id syntax (400 ``bad_request``);
-5. the body: a chunked body over 64 KiB is 413; a PUT body that is not a JSON
-   object with a ``value`` member is 400.
+5. a PUT body that is not a JSON object with a ``value`` member (400).
 
 Every error is a JSON object ``{"error": <code>}``; an unexpected exception is
 logged and answered ``500 {"error": "internal"}``, never with a traceback.
