@@ -15,10 +15,10 @@ import os
 import secrets
 import signal
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
@@ -26,6 +26,7 @@ from harness.coverage import CONDITIONS
 from harness.settings import OPTIONS, flag_arguments
 
 if TYPE_CHECKING:
+    from harness.run import Run
     from harness.scenario import Scenario
     from harness.session import Session
     from harness.settings import Settings
@@ -67,6 +68,9 @@ class HarnessPlugin:
         self.session: Session | None = None
         self.interrupted = False
         self.started = False
+        #: The exit code pytest was stopped with before the scenarios (a bad setting, an
+        #: unusable target), or None.
+        self.stopped: int | None = None
         self.summary_path: Path | None = None
         self._settings: Settings | None = None
         self.verdict: str | None = None
@@ -127,29 +131,33 @@ class HarnessPlugin:
         try:
             session.start()
         except ConfigError as exc:
-            if session.run is not None:
-                session.run.error("config_error", str(exc))
-                self.session = session
-            pytest.exit(f"isoharness: {exc}", returncode=2)
+            self._stop(session, 2, "config_error", str(exc))
         except TargetError as exc:
-            self.session = session
-            session.target_unusable = True
-            if session.run is not None:
-                session.run.error("target_unusable", str(exc))
             # Under `isoharness run` the reason is printed once, on stderr, by the CLI.
             under_cli = "ISOHARNESS_COMMAND" in os.environ
-            pytest.exit(
-                "isoharness: stopped before the scenarios (reason below)"
-                if under_cli
-                else f"isoharness: {exc}",
-                returncode=3,
-            )
+            self._stop(session, 3, "target_unusable", str(exc), quiet=under_cli)
         except HarnessError as exc:
-            self.session = session if session.run is not None else None
-            pytest.exit(f"isoharness: {exc}", returncode=3)
+            self._stop(session, 3, "harness_error", str(exc))
+        except Exception as exc:  # noqa: BLE001 - one line and a report, never a bare traceback
+            what = session.redactor.redact(f"{type(exc).__name__}: {exc}")
+            self._stop(session, 3, "harness_error", f"the session failed to start: {what}")
         self.session = session
         session.on_progress = self.progress
         return session
+
+    def _stop(
+        self, session: Session, code: int, kind: str, detail: str, *, quiet: bool = False
+    ) -> NoReturn:
+        """End pytest before the scenarios with ``code`` and one line; the run's summary
+        (if the run began) records why, with the verdict ``error``."""
+        self.stopped = code
+        if session.run is not None:
+            self.session = session
+            session.target_unusable = True  # the run could not go on: verdict error
+            session.extra["exit_code"] = code  # 2 for a bad setting, not the verdict's 3
+            session.run.error(kind, detail)
+        line = "stopped before the scenarios (reason below)" if quiet else detail
+        pytest.exit(f"isoharness: {line}", returncode=code)
 
     # -- distributed runs (pytest-xdist) ----------------------------------------------------------
 
@@ -348,13 +356,35 @@ def pytest_runtest_makereport(
     plugin = item.config.stash.get(PLUGIN_KEY, None)
     if plugin is None or plugin.session is None or plugin.session.run is None:
         return report
-    run = plugin.session.run
+    _judge_report(plugin.session.run, item, call, report)
+    # What the terminal, junit.xml and xdist's controller show: secrets masked.
+    _redact_report(report, plugin.session.redactor.redact)
+    return report
+
+
+def _redact_report(report: pytest.TestReport, redact: Callable[[str], str]) -> None:
+    """Mask secrets in a report's traceback (or skip reason) and captured output."""
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple):
+        report.longrepr = (longrepr[0], longrepr[1], redact(longrepr[2]))
+    elif longrepr is not None:
+        text = str(longrepr)
+        masked = redact(text)
+        if masked != text:  # keep pytest's own rendering where there is nothing to mask
+            report.longrepr = masked
+    report.sections = [(title, redact(content)) for title, content in report.sections]
+
+
+def _judge_report(
+    run: Run, item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport
+) -> None:
+    """Record a scenario's outcome in ``run`` (an inconclusive one becomes a skip)."""
     from harness.errors import IsolationViolation
     from harness.scenario import Inconclusive, NotApplicable
     from harness.types import ScenarioId
 
     if item.nodeid not in run.scenarios:
-        return report
+        return
     result = run.scenarios[ScenarioId(item.nodeid)]
     if call.when == "call":
         result.duration_s = call.duration
@@ -380,7 +410,6 @@ def pytest_runtest_makereport(
     elif report.failed:
         result.outcome = "error"
         run.error("scenario_error", f"{item.nodeid} ({call.when}): {report.longreprtext[-300:]}")
-    return report
 
 
 def pytest_runtest_logfinish(nodeid: str, location: tuple[str, int | None, str]) -> None:
@@ -482,7 +511,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     from harness.run import EXIT_CODES
 
-    interrupted = plugin.interrupted or exitstatus == pytest.ExitCode.INTERRUPTED
+    # pytest's INTERRUPTED is 2, the code of a configuration error too.
+    interrupted = plugin.interrupted or (
+        exitstatus == pytest.ExitCode.INTERRUPTED and plugin.stopped is None
+    )
     verdict, path = plugin.session.finish(interrupted=interrupted)
     plugin.summary_path = path
     plugin.verdict = str(verdict)
@@ -494,7 +526,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         }
     if exitstatus in (pytest.ExitCode.INTERNAL_ERROR, pytest.ExitCode.USAGE_ERROR):
         return
-    session.exitstatus = EXIT_CODES[verdict]
+    session.exitstatus = plugin.stopped if plugin.stopped is not None else EXIT_CODES[verdict]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -31,7 +31,7 @@ from harness.credentials import (
 )
 from harness.distributed import Shard, Workers
 from harness.embedded import EmbeddedService
-from harness.errors import HarnessError, TargetError
+from harness.errors import ConfigError, HarnessError, TargetError
 from harness.monitor import MEMORY, SESSIONS, Monitor, ProbePlan, gauge_idle_values
 from harness.preflight import preflight
 from harness.resources import (
@@ -142,6 +142,15 @@ class Session:
         secret = s.jwt_secret
         if s.target_url is not None:
             check_target_allowed(s.target_url, s.allowed_targets, source=s.source_of("target_url"))
+        try:
+            self.report_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                "report_dir",
+                str(self.report_dir),
+                s.source_of("report_dir"),
+                f"a folder that can be made ({exc.strerror or exc})",
+            ) from None
         # The embedded service verifies JWTs minted with its own secret (below).
         credentials = self._credentials(secret) if s.target_url is not None else None
         factory = adapter_factory(s)

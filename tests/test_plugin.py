@@ -131,6 +131,46 @@ def test_a_bad_option_ends_the_session_with_exit_2_in_one_line(
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
 
 
+def test_a_report_folder_that_cannot_be_made_ends_the_session_with_exit_2_in_one_line(
+    pytester: pytest.Pytester, target: str
+) -> None:
+    pytester.makepyfile(test_my_service=SCENARIO)
+    (pytester.path / "taken").write_text("a file, not a folder\n")
+    result = run_scenarios(pytester, target, "--report-dir", "taken")
+    assert result.ret == 2
+    output = result.stdout.lines + result.stderr.lines
+    taken = pytester.path / "taken"
+    message = (
+        f"isoharness: invalid report_dir '{taken}' from --report-dir: "
+        "a folder that can be made (File exists)"
+    )
+    assert len([line for line in output if message in line]) == 1, output
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+def test_a_secret_in_a_scenarios_error_is_masked_in_the_output_and_in_junit_xml(
+    pytester: pytest.Pytester, target: str
+) -> None:
+    # A scenario (or a library under it) may put a credential in an exception's text.
+    jwt_shaped = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLW9mLWFsaWNl"
+    pytester.makepyfile(
+        test_my_service=f"""
+def test_a_scenario_whose_error_names_credentials(harness):
+    harness.users()
+    raise RuntimeError("login failed: Bearer {jwt_shaped} signed with {SECRET}")
+"""
+    )
+    result = run_scenarios(pytester, target, "--junitxml=junit.xml")
+    result.assert_outcomes(failed=1)
+    assert result.ret == 3  # a scenario that errs: the verdict is error
+    junit = (pytester.path / "junit.xml").read_text()
+    output = result.stdout.str() + result.stderr.str()
+    for where in (output, junit):
+        assert "RuntimeError: login failed: Bearer ***" in where
+        assert jwt_shaped not in where
+        assert SECRET not in where
+
+
 def test_the_plugin_is_inert_when_no_test_asks_for_the_harness(
     pytester: pytest.Pytester, clean_env: None
 ) -> None:
