@@ -131,6 +131,22 @@ def test_a_bad_option_ends_the_session_with_exit_2_in_one_line(
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
 
 
+def test_a_bad_adapter_table_found_at_start_is_exit_2_in_the_summary_too(
+    pytester: pytest.Pytester, target: str
+) -> None:
+    # Plain pytest: nothing checks the [adapter] table before the run folder exists.
+    pytester.makepyfile(test_my_service=SCENARIO)
+    (pytester.path / "isoharness.toml").write_text('[adapter]\nname = "nats"\nbogus = 1\n')
+    result = run_scenarios(pytester, target)
+    assert result.ret == 2
+    output = result.stdout.lines + result.stderr.lines
+    message = "isoharness: invalid adapter option 'bogus' from isoharness.toml [adapter]"
+    assert len([line for line in output if message in line]) == 1, output
+    summary = only_summary(pytester)
+    assert (summary["verdict"], summary["exit_code"], summary["final"]) == ("error", 2, True)
+    assert [e["kind"] for e in summary["errors"]] == ["config_error"]
+
+
 def test_a_report_folder_that_cannot_be_made_ends_the_session_with_exit_2_in_one_line(
     pytester: pytest.Pytester, target: str
 ) -> None:
