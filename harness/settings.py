@@ -32,7 +32,16 @@ the value (``'***'`` for a secret), where it came from (``--users``,
 and what is allowed::
 
     invalid users -3 from isoharness.toml: an integer >= 2
+    invalid users 200000 from --users: an integer from 2 to 100000
     invalid key 'user' from isoharness.toml: unknown key; did you mean 'users'?
+
+Every number has a range: a value below its minimum (or not a number) is told
+the minimum, one above its maximum the whole range. The maxima are what a real
+run could want, so that a typo fails here, as one line, rather than deep in the
+run: seeds fit the report's 64-bit JSON integers, sizes stay within what one
+run can hold (README: 10,000 users per process are measured; distributed runs
+split the users), a soak lasts at most 30 days and any other span of time at
+most a day (pytest-timeout's guard is derived from them).
 """
 
 from __future__ import annotations
@@ -62,7 +71,12 @@ DEFAULT_SOURCE = "default"
 # --- parsers: each takes a raw value (a flag or env string, or any TOML value)
 # --- and returns the typed value, or raises ValueError(<what is allowed>).
 
+#: The longest span of time other than ``duration``: a lifecycle timeout, a grace, an interval.
+DAY_S = 86_400.0
+#: The longest ``duration``: a month-long soak.
+MAX_DURATION_S = 30 * DAY_S
 DURATION_ALLOWED = "a positive number of seconds, or a duration such as 30s, 30m, 8h, 1h30m"
+DURATION_RANGE = DURATION_ALLOWED + ", at most 720h (30 days)"
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
 _DURATION = re.compile(rf"(?:{_NUMBER}h)?(?:{_NUMBER}m)?(?:{_NUMBER}s)?")
 
@@ -75,12 +89,15 @@ def parse_duration(text: object) -> float:
 
     Raises:
         ValueError: ``DURATION_ALLOWED`` for anything else, and for a value
-            that is not finite and > 0.
+            that is not finite and > 0; ``DURATION_RANGE`` for more than
+            ``MAX_DURATION_S`` (30 days).
     """
     if isinstance(text, bool):
         raise ValueError(DURATION_ALLOWED)
     if isinstance(text, int | float):
-        seconds = float(text)
+        if isinstance(text, float) and not math.isfinite(text):
+            raise ValueError(DURATION_ALLOWED)
+        seconds = _as_float(text)
     elif isinstance(text, str):
         value = text.strip().lower()
         match = _DURATION.fullmatch(value)
@@ -93,50 +110,79 @@ def parse_duration(text: object) -> float:
             raise ValueError(DURATION_ALLOWED)
     else:
         raise ValueError(DURATION_ALLOWED)
-    if not (math.isfinite(seconds) and seconds > 0):
+    if not seconds > 0:
         raise ValueError(DURATION_ALLOWED)
+    if seconds > MAX_DURATION_S:  # also +inf, from hundreds of digits
+        raise ValueError(DURATION_RANGE)
     return seconds
 
 
-def _int(minimum: int) -> Callable[[object], object]:
-    allowed = f"an integer >= {minimum}"
+def _as_float(number: int | float) -> float:
+    """``float(number)``, with an int too large for a float as infinity, not OverflowError."""
+    try:
+        return float(number)
+    except OverflowError:
+        return math.inf if number > 0 else -math.inf
+
+
+def _shown_bound(bound: float) -> str:
+    """``86400``, not ``86400.0``; ``1048576``, not ``1.04858e+06``; ``0.05``."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
+
+
+_DIGITS = re.compile(r"\+?\d+")
+
+
+def _int(minimum: int, maximum: int) -> Callable[[object], object]:
+    # The message names the bound the value crossed.
+    at_least = f"an integer >= {minimum}"
+    in_range = f"an integer from {minimum} to {maximum}"
 
     def parse(value: object) -> object:
         if isinstance(value, bool):
-            raise ValueError(allowed)
+            raise ValueError(at_least)
         if isinstance(value, int):
             number = value
         elif isinstance(value, str):
+            text = value.strip()
             try:
-                number = int(value.strip())
+                number = int(text)
             except ValueError:
-                raise ValueError(allowed) from None
+                # int() refuses more than 4,300 digits: far above any maximum.
+                raise ValueError(in_range if _DIGITS.fullmatch(text) else at_least) from None
         else:
-            raise ValueError(allowed)
+            raise ValueError(at_least)
         if number < minimum:
-            raise ValueError(allowed)
+            raise ValueError(at_least)
+        if number > maximum:
+            raise ValueError(in_range)
         return number
 
     return parse
 
 
-def _float(minimum: float, *, strict: bool) -> Callable[[object], object]:
-    allowed = f"a number {'>' if strict else '>='} {minimum:g}"
+def _float(minimum: float, maximum: float, *, strict: bool = False) -> Callable[[object], object]:
+    # The message names the bound the value crossed; ``strict``: the minimum itself is refused.
+    low, high = _shown_bound(minimum), _shown_bound(maximum)
+    at_least = f"a number {'>' if strict else '>='} {low}"
+    in_range = f"a number > {low} and <= {high}" if strict else f"a number from {low} to {high}"
 
     def parse(value: object) -> object:
         if isinstance(value, bool):
-            raise ValueError(allowed)
+            raise ValueError(at_least)
         if isinstance(value, int | float):
-            number = float(value)
+            number = _as_float(value)
         elif isinstance(value, str):
             try:
                 number = float(value.strip())
             except ValueError:
-                raise ValueError(allowed) from None
+                raise ValueError(at_least) from None
         else:
-            raise ValueError(allowed)
-        if not math.isfinite(number) or number < minimum or (strict and number == minimum):
-            raise ValueError(allowed)
+            raise ValueError(at_least)
+        if math.isnan(number) or number < minimum or (strict and number == minimum):
+            raise ValueError(at_least)
+        if number > maximum:  # also +inf
+            raise ValueError(in_range)
         return number
 
     return parse
@@ -299,8 +345,11 @@ def _opt(
     return OptionSpec(name, flag, "ISOHARNESS_" + name.upper(), help, parse, default, secret)
 
 
-_positive = _float(0, strict=True)
-_non_negative = _float(0, strict=False)
+#: Users (and tenants) per scenario: ten processes' worth (README: 10,000 users per
+#: process are measured), for a run split over workers.
+MAX_USERS = 100_000
+#: Seeds are written to summary.json, whose integers are 64-bit.
+MAX_SEED = 2**63 - 1
 
 OPTIONS: tuple[OptionSpec, ...] = (
     _opt(
@@ -346,18 +395,27 @@ OPTIONS: tuple[OptionSpec, ...] = (
         _policy,
         DeliveryPolicy.OWNER_ONLY,
     ),
-    _opt("users", "simulated users per scenario (at least 2)", _int(2), 8),
-    _opt("tenants", "tenants the users are spread over (at most users)", _int(1), 2),
-    _opt("connections_per_user", "connections each user keeps open", _int(1), 2),
-    _opt("messages_per_user", "messages each user sends per round", _int(1), 3),
+    _opt("users", f"simulated users per scenario (2 to {MAX_USERS})", _int(2, MAX_USERS), 8),
+    _opt("tenants", "tenants the users are spread over (at most users)", _int(1, MAX_USERS), 2),
+    # A user's connections are its devices and tabs; users x connections is what the process holds.
+    _opt("connections_per_user", "connections each user keeps open", _int(1, 100), 2),
+    # test_volume sends ten rounds' worth: 1,000 is 10,000 messages per user and scenario.
+    _opt("messages_per_user", "messages each user sends per round", _int(1, 1000), 3),
     _opt(
         "duration",
         "length of sustained scenarios: seconds, or 30s, 30m, 8h, 1h30m",
         parse_duration,
         5.0,
     ),
-    _opt("rate", "new sessions per second in churn and soak", _positive, 20.0),
-    _opt("seed", "seed for every random choice (default: chosen and reported)", _int(0), None),
+    # Sessions start at exponential intervals of mean 1/rate: below 0.1/s the first wait
+    # alone outlasts a short run; 10,000/s is twice the handshakes one process makes (README).
+    _opt("rate", "new sessions per second in churn and soak", _float(0.1, 10_000), 20.0),
+    _opt(
+        "seed",
+        "seed for every random choice (default: chosen and reported)",
+        _int(0, MAX_SEED),
+        None,
+    ),
     _opt("report_dir", "report folder (default: reports/<run id>)", _path, None),
     _opt(
         "scenarios",
@@ -368,7 +426,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _opt(
         "lifecycle_timeout",
         "seconds a run may take before a missing event counts as lost",
-        _positive,
+        _float(0, DAY_S, strict=True),
         10.0,
     ),
     _opt(
@@ -431,24 +489,36 @@ OPTIONS: tuple[OptionSpec, ...] = (
         _text,
         None,
     ),
-    _opt("sample_interval", "seconds between memory and gauge samples", _positive, 1.0),
+    # Each sample is an HTTP request or a process read: at 20 per second the sampler is busy.
+    _opt(
+        "sample_interval",
+        "seconds between memory and gauge samples",
+        _float(0.05, DAY_S),
+        1.0,
+    ),
     _opt(
         "memory_floor_bytes_per_session",
         "growth per session at or below this many bytes is never a violation",
-        _non_negative,
+        _float(0, math.inf),  # any finite floor is safe: a huge one only never fires
         2048.0,
     ),
     _opt(
         "gauge_grace",
         "seconds gauges get to return to idle after the last user leaves",
-        _non_negative,
+        _float(0, DAY_S),
         5.0,
     ),
-    _opt("progress_interval", "seconds between progress lines in long runs", _positive, 10.0),
+    # A line more often than every second is more than anyone reads.
+    _opt(
+        "progress_interval",
+        "seconds between progress lines in long runs",
+        _float(1, DAY_S),
+        10.0,
+    ),
     _opt(
         "events_max_mb",
         "the most events.jsonl may hold, in MiB (0: no cap); later records are checked, unwritten",
-        _non_negative,
+        _float(0, 2**20),  # 1 TiB
         2048.0,
     ),
 )

@@ -7,12 +7,14 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+import orjson
 import pytest
 
 from harness.errors import ConfigError
 from harness.settings import (
     BY_NAME,
     DURATION_ALLOWED,
+    DURATION_RANGE,
     OPTIONS,
     Settings,
     parse_duration,
@@ -319,7 +321,7 @@ def test_bad_boolean(tmp_path: Path) -> None:
         ("tenants = 0", "invalid tenants 0 from isoharness.toml: an integer >= 1"),
         ("users = 2.5", "invalid users 2.5 from isoharness.toml: an integer >= 2"),
         ("users = true", "invalid users True from isoharness.toml: an integer >= 2"),
-        ("rate = 0", "invalid rate 0 from isoharness.toml: a number > 0"),
+        ("rate = 0", "invalid rate 0 from isoharness.toml: a number >= 0.1"),
         ("gauge_grace = -1", "invalid gauge_grace -1 from isoharness.toml: a number >= 0"),
         ('seed = "x"', "invalid seed 'x' from isoharness.toml: an integer >= 0"),
         (
@@ -419,6 +421,166 @@ def test_a_missing_ca_bundle_is_named(tmp_path: Path) -> None:
         f"invalid ca_bundle 'ca.pem' from --ca-bundle: an existing file (no file at "
         f"{tmp_path / 'ca.pem'})"
     )
+
+
+# --- ranges: every number has a maximum, so a typo fails here and not deep in the run ------
+
+
+#: key, a value just above the maximum (or the audit's) as a flag's text and as a TOML value
+#: (written as Python shows it, so it appears in the message as written), and what is allowed.
+ABOVE_THE_MAXIMUM = [
+    ("users", "100001", "100001", "an integer from 2 to 100000"),
+    ("users", "99999999999999999999999", "99999999999999999999999", "an integer from 2 to 100000"),
+    ("tenants", "100001", "100001", "an integer from 1 to 100000"),
+    ("connections_per_user", "101", "101", "an integer from 1 to 100"),
+    ("messages_per_user", "1001", "1001", "an integer from 1 to 1000"),
+    ("seed", "9223372036854775808", "9223372036854775808",
+     "an integer from 0 to 9223372036854775807"),
+    ("seed", "99999999999999999999999", "99999999999999999999999",
+     "an integer from 0 to 9223372036854775807"),
+    ("duration", "720h1s", "'720h1s'", DURATION_RANGE),
+    ("duration", "99999999999h", "'99999999999h'", DURATION_RANGE),
+    ("duration", "2592001", "2592001", DURATION_RANGE),
+    ("rate", "10001", "10001", "a number from 0.1 to 10000"),
+    ("lifecycle_timeout", "86401", "86401", "a number > 0 and <= 86400"),
+    ("lifecycle_timeout", "1e15", "1000000000000000.0", "a number > 0 and <= 86400"),
+    ("sample_interval", "86401", "86401", "a number from 0.05 to 86400"),
+    ("gauge_grace", "86401", "86401", "a number from 0 to 86400"),
+    ("progress_interval", "86401", "86401", "a number from 1 to 86400"),
+    ("events_max_mb", "1048577", "1048577", "a number from 0 to 1048576"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("key", "flag_text", "toml_value", "allowed"), ABOVE_THE_MAXIMUM)
+def test_a_value_above_the_maximum_is_refused_from_the_command_line_naming_the_range(
+    tmp_path: Path, key: str, flag_text: str, toml_value: str, allowed: str
+) -> None:
+    assert error(tmp_path, cli={key: flag_text}) == (
+        f"invalid {key} '{flag_text}' from {BY_NAME[key].flag}: {allowed}"
+    )
+
+
+@pytest.mark.parametrize(("key", "flag_text", "toml_value", "allowed"), ABOVE_THE_MAXIMUM)
+def test_a_value_above_the_maximum_is_refused_from_the_config_file_naming_the_range(
+    tmp_path: Path, key: str, flag_text: str, toml_value: str, allowed: str
+) -> None:
+    write(tmp_path, "isoharness.toml", f"{key} = {toml_value}\n")
+    assert error(tmp_path) == f"invalid {key} {toml_value} from isoharness.toml: {allowed}"
+
+
+@pytest.mark.parametrize(("key", "flag_text", "toml_value", "allowed"), ABOVE_THE_MAXIMUM)
+def test_the_range_is_the_same_from_the_environment_and_pyproject(
+    tmp_path: Path, key: str, flag_text: str, toml_value: str, allowed: str
+) -> None:
+    env = {f"ISOHARNESS_{key.upper()}": flag_text}
+    assert error(tmp_path, env=env) == (
+        f"invalid {key} '{flag_text}' from $ISOHARNESS_{key.upper()}: {allowed}"
+    )
+    write(tmp_path, "pyproject.toml", f"[tool.isoharness]\n{key} = {toml_value}\n")
+    assert error(tmp_path) == (
+        f"invalid {key} {toml_value} from pyproject.toml [tool.isoharness]: {allowed}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        # Too large for a float, or for int(): still above the maximum, never a crash.
+        pytest.param("rate = 1" + "0" * 400, "a number from 0.1 to 10000", id="int-beyond-float"),
+        pytest.param("duration = 1" + "0" * 400, DURATION_RANGE, id="duration-beyond-float"),
+        pytest.param("duration = '1" + "0" * 400 + "h'", DURATION_RANGE, id="hours-beyond-float"),
+        pytest.param("lifecycle_timeout = inf", "a number > 0 and <= 86400", id="inf"),
+        pytest.param(
+            "users = '1" + "0" * 5000 + "'", "an integer from 2 to 100000", id="beyond-int-digits"
+        ),
+    ],
+)
+def test_numbers_too_large_to_convert_are_above_the_maximum(
+    tmp_path: Path, toml: str, message: str
+) -> None:
+    write(tmp_path, "isoharness.toml", toml + "\n")
+    with pytest.raises(ConfigError) as info:
+        resolve(tmp_path)
+    assert (info.value.source, info.value.allowed) == ("isoharness.toml", message)
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "allowed"),
+    [
+        ("sample_interval", "1e-300", "a number >= 0.05"),  # busy-looped the sampler
+        ("sample_interval", "0.049", "a number >= 0.05"),
+        ("progress_interval", "0.5", "a number >= 1"),
+        ("rate", "0.09", "a number >= 0.1"),
+        ("lifecycle_timeout", "0", "a number > 0"),
+        ("users", "1", "an integer >= 2"),
+        ("seed", "-1", "an integer >= 0"),
+    ],
+)
+def test_a_value_below_the_minimum_is_told_the_minimum(
+    tmp_path: Path, key: str, text: str, allowed: str
+) -> None:
+    assert error(tmp_path, cli={key: text}) == (
+        f"invalid {key} '{text}' from {BY_NAME[key].flag}: {allowed}"
+    )
+    write(tmp_path, "isoharness.toml", f"{key} = {text}\n")
+    assert error(tmp_path) == f"invalid {key} {text} from isoharness.toml: {allowed}"
+
+
+#: The largest value of every bounded number (and the smallest of the new minimums), as TOML.
+AT_THE_LIMITS = {
+    "users": ("100000", 100_000),
+    "tenants": ("100000", 100_000),
+    "connections_per_user": ("100", 100),
+    "messages_per_user": ("1000", 1000),
+    "seed": ("9223372036854775807", 2**63 - 1),
+    "duration": ("'720h'", 2_592_000.0),
+    "rate": ("10000", 10_000.0),
+    "lifecycle_timeout": ("86400", 86_400.0),
+    "sample_interval": ("0.05", 0.05),
+    "gauge_grace": ("86400", 86_400.0),
+    "progress_interval": ("1", 1.0),
+    "events_max_mb": ("1048576", 1_048_576.0),
+}
+
+
+def test_the_limits_themselves_are_accepted_from_the_config_file(tmp_path: Path) -> None:
+    write(
+        tmp_path, "isoharness.toml", "".join(f"{k} = {v}\n" for k, (v, _) in AT_THE_LIMITS.items())
+    )
+    settings = resolve(tmp_path)
+    assert {key: getattr(settings, key) for key in AT_THE_LIMITS} == {
+        key: value for key, (_, value) in AT_THE_LIMITS.items()
+    }
+    # summary.json is written with orjson, whose integers are 64-bit.
+    assert orjson.loads(orjson.dumps(settings.public_dict()))["seed"] == 2**63 - 1
+
+
+def test_the_limits_themselves_are_accepted_from_the_command_line(tmp_path: Path) -> None:
+    cli = {key: text.strip("'") for key, (text, _) in AT_THE_LIMITS.items()}
+    settings = resolve(tmp_path, cli=cli)
+    assert {key: getattr(settings, key) for key in AT_THE_LIMITS} == {
+        key: value for key, (_, value) in AT_THE_LIMITS.items()
+    }
+    assert resolve(tmp_path, cli={"sample_interval": "86400", "progress_interval": "86400"}) == (
+        Settings(sample_interval=86_400.0, progress_interval=86_400.0)
+    )
+
+
+#: The one number without a maximum: a floor above any growth only keeps memory_growth quiet.
+UNBOUNDED = {"memory_floor_bytes_per_session"}
+
+
+def test_every_numeric_setting_has_a_maximum() -> None:
+    numeric = [
+        spec for spec in OPTIONS if spec.name == "seed" or type(spec.default) in (int, float)
+    ]
+    assert {spec.name for spec in numeric} == set(AT_THE_LIMITS) | UNBOUNDED
+    for spec in numeric:
+        if spec.name in UNBOUNDED:
+            assert spec.parse("1e300") == 1e300
+            continue
+        with pytest.raises(ValueError, match="from .* to |and <=|at most"):
+            spec.parse("1" + "0" * 30)
 
 
 # --- secrets --------------------------------------------------------------------
