@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 
 import harness
-from harness.errors import ConfigError
+from harness.errors import ConfigError, UsageError
 from harness.settings import OPTIONS, Settings, flag_arguments, resolve_settings
 
 EXIT_USAGE = 2
@@ -109,7 +109,20 @@ def _report(folder: Path) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    print(render_report(folder))
+    try:
+        # A summary.json that is not a run's is refused; report.html is left as it was.
+        out = render_report(folder)
+    except UsageError as exc:
+        print(f"isoharness: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(
+            f"isoharness: error: cannot re-render {folder / 'report.html'}: {exc}; "
+            "check that the folder's files are readable and the folder is writable",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    print(out)
     return 0
 
 

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
+from harness.distributed import merge_summaries
 from harness.errors import UsageError
 from harness.reporting.charts import (
     Decimator,
@@ -300,29 +302,119 @@ def test_run_parameters_seed_target_counts_coverage_and_scenarios_are_shown(
         assert text in page.text
 
 
-def test_a_summary_with_no_keys_still_renders(tmp_path: Path) -> None:
-    page = render(make_run(tmp_path, summary={}, timeline=None, events=None))
+def test_a_summary_with_only_its_schema_and_verdict_still_renders(tmp_path: Path) -> None:
+    # What an interrupted run may leave: the page shows what exists.
+    summary = {"schema": "isoharness.summary/1", "verdict": "interrupted", "final": False}
 
-    assert page.classes["verdict"] == ["UNKNOWN"]
+    page = render(make_run(tmp_path, summary=summary, timeline=None, events=None))
+
+    assert page.classes["verdict"] == ["INTERRUPTED"]
     assert "No violations recorded." in page.text
     assert len(page.svgs()) == 3
 
 
-@pytest.mark.parametrize(
-    ("summary", "note"),
-    [
-        ("{not json", "unreadable, nothing from it is shown"),
-        ("[1, 2]", "not a JSON object but list; nothing from it is shown"),
-        ({"schema": "isoharness.summary/9"}, "schema 'isoharness.summary/9' is not"),
-    ],
-)
-def test_an_unusable_summary_is_noted_not_fatal(
-    tmp_path: Path, summary: dict[str, Any] | str, note: str
-) -> None:
+def test_a_distributed_summary_with_a_lost_worker_renders(tmp_path: Path) -> None:
+    worker = {**SUMMARY, "verdict": "pass", "exit_code": 0, "final": True}
+    summary = merge_summaries({**SUMMARY, "final": True}, {"gw0": worker}, lost=["gw1"])
+
     page = render(make_run(tmp_path, summary=summary))
 
-    assert note in page.text
-    assert len(page.svgs()) == 3
+    assert page.classes["verdict"] == ["ERROR"]
+    assert "gw0 pass (events: gw0/events.jsonl) · gw1 lost" in page.text
+    assert "gw1 went down without a summary" in page.text
+
+
+FIX = "restore the summary.json the run wrote, or run again"
+
+
+def json_error(text: str) -> str:
+    """What the JSON parser says about ``text``."""
+    with pytest.raises(orjson.JSONDecodeError) as excinfo:
+        orjson.loads(text)
+    return str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("summary", "problem"),
+    [
+        ("{not json", f"not valid JSON ({json_error('{not json')})"),
+        ("[1, 2]", "a JSON array, not an object"),
+        ({**SUMMARY, "verdict": "PASSED"}, "invalid verdict 'PASSED' (expected one of "
+         "pass, fail, error, inconclusive, interrupted)"),
+        ({**SUMMARY, "exit_code": "zero"}, "invalid exit_code 'zero' (expected an integer)"),
+        ({**SUMMARY, "exit_code": False}, "invalid exit_code false (expected an integer)"),
+        ({**SUMMARY, "final": "yes"}, "invalid final 'yes' (expected true or false)"),
+        ({**SUMMARY, "run": [1]}, "invalid run [1] (expected an object)"),
+        ({**SUMMARY, "counts": {"users": "40"}},
+         "invalid counts['users'] '40' (expected an integer)"),
+        ({**SUMMARY, "violations": "many"}, "invalid violations 'many' (expected a list)"),
+        ({**SUMMARY, "violations": [*SUMMARY["violations"], "x" * 80]},
+         f"invalid violations[2] '{'x' * 58}… (expected an object)"),
+    ],
+)  # fmt: skip
+def test_a_summary_the_harness_could_not_have_written_is_refused_naming_the_file(
+    tmp_path: Path, summary: dict[str, Any] | str, problem: str
+) -> None:
+    folder = make_run(tmp_path, summary=summary)
+
+    with pytest.raises(UsageError) as excinfo:
+        render_report(folder)
+
+    assert str(excinfo.value) == f"{folder / 'summary.json'} is not a run summary: {problem}; {FIX}"
+    assert "report.html" not in {p.name for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize(
+    ("schema", "problem"),
+    [({"schema": "other/9"}, "schema 'other/9'"), ({}, "no schema")],
+)
+def test_a_summary_of_another_schema_is_refused(
+    tmp_path: Path, schema: dict[str, str], problem: str
+) -> None:
+    summary = {k: v for k, v in SUMMARY.items() if k != "schema"} | schema
+    folder = make_run(tmp_path, summary=summary)
+
+    with pytest.raises(UsageError) as excinfo:
+        render_report(folder)
+
+    assert str(excinfo.value) == (
+        f"{folder / 'summary.json'} is not a run summary: {problem} "
+        "(expected 'isoharness.summary/1'); render it with the isoharness version that wrote it"
+    )
+
+
+def test_a_refused_summary_leaves_the_existing_page_as_it_was(tmp_path: Path) -> None:
+    folder = make_run(tmp_path)
+    before = render_report(folder).read_bytes()
+    summary = (folder / "summary.json").read_bytes()
+    (folder / "summary.json").write_bytes(summary[: len(summary) // 2])
+
+    with pytest.raises(UsageError):
+        render_report(folder)
+
+    assert (folder / "report.html").read_bytes() == before
+
+
+def test_a_page_that_cannot_be_written_in_full_leaves_the_old_one_and_no_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = make_run(tmp_path)
+    (folder / "report.html").write_text("the old page")
+
+    def refused(src: object, dst: object) -> None:
+        raise OSError(16, "Device or resource busy")
+
+    monkeypatch.setattr("harness.reporting.html.os.replace", refused)
+    with pytest.raises(OSError, match="Device or resource busy"):
+        render_report(folder)
+
+    assert (folder / "report.html").read_text() == "the old page"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "events.jsonl",
+        "report.html",
+        "summary.json",
+        "timeline.jsonl",
+    ]
 
 
 # --- the charts ---------------------------------------------------------------

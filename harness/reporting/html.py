@@ -9,11 +9,18 @@ percentiles). The page has no scripts and no external references, so it opens
 offline; every value that came from the target or the run is HTML-escaped
 (the template autoescapes, and charts escape their own text).
 
-Every key of the inputs may be missing: the page shows what exists. The JSONL
-files are streamed line by line with bounded memory (a soak writes millions of
-lines); lines that are not JSON objects, records missing their required fields
-and frames that are not JSON are skipped and counted in the page's "Input
-data" section, never fatal.
+``summary.json`` holds the verdict, so a file that is not one is refused
+(:class:`~harness.errors.UsageError`) rather than drawn as a page that says
+nothing was found: it must be a JSON object of schema ``isoharness.summary/1``
+with a known verdict, and the keys the page reads must have the types the
+harness writes. Any other key may be missing: the page shows what exists. The
+JSONL files are streamed line by line with bounded memory (a soak writes
+millions of lines); lines that are not JSON objects, records missing their
+required fields and frames that are not JSON are skipped and counted in the
+page's "Input data" section, never fatal.
+
+``report.html`` is replaced only by a page rendered in full: an existing one is
+the evidence of a run, and a failed render must leave it as it was.
 """
 
 from __future__ import annotations
@@ -41,10 +48,11 @@ from harness.reporting.charts import (
     Series,
     line_chart,
 )
+from harness.run import SCHEMA as SUMMARY_SCHEMA
+from harness.types import Verdict
 
 __all__ = ["render_report"]
 
-SUMMARY_SCHEMA = "isoharness.summary/1"
 MAX_CHART_POINTS = 1000
 _MIB = 1024.0 * 1024.0
 _MAX_KINDS = 20
@@ -97,7 +105,8 @@ def render_report(report_dir: Path, *, out_name: str = "report.html") -> Path:
     Args:
         report_dir: the run's report folder; ``summary.json``,
             ``timeline.jsonl`` and ``events.jsonl`` are read when present
-            (a missing or unreadable file is noted on the page).
+            (a missing file, or a line of a JSONL file that is not a record,
+            is noted on the page).
         out_name: the file name to write inside ``report_dir``; an existing
             file is replaced atomically.
 
@@ -105,9 +114,13 @@ def render_report(report_dir: Path, *, out_name: str = "report.html") -> Path:
         the path of the written file.
 
     Raises:
-        UsageError: ``report_dir`` is not a directory, or ``out_name`` is not
-            a plain file name.
-        OSError: the page could not be written.
+        UsageError: ``report_dir`` is not a directory, ``out_name`` is not a
+            plain file name, or ``summary.json`` is there but is not a run's
+            summary (not JSON, not an object, another schema, a key of the
+            wrong type); the message names the file, what is wrong and the fix.
+            Nothing is written.
+        OSError: an input could not be read or the page could not be written;
+            an existing page is left as it was.
     """
     if not report_dir.is_dir():
         raise UsageError(
@@ -132,9 +145,17 @@ def render_report(report_dir: Path, *, out_name: str = "report.html") -> Path:
     page = _environment().get_template("report.html.j2").render(context)
 
     out = report_dir / out_name
-    partial = report_dir / f".{out_name}.partial"
-    partial.write_text(page, encoding="utf-8")
-    os.replace(partial, out)
+    # The old page is replaced only by a whole new one: written next to it, synced, renamed.
+    partial = report_dir / f".{out_name}.{os.getpid()}.partial"
+    try:
+        with partial.open("w", encoding="utf-8") as handle:
+            handle.write(page)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, out)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     return out
 
 
@@ -188,23 +209,93 @@ def _read_summary(path: Path) -> tuple[dict[str, Any], InputFile]:
     except FileNotFoundError:
         info.notes.append("not found: the run wrote no summary")
         return {}, info
-    except (OSError, orjson.JSONDecodeError) as exc:
-        info.present = True
-        info.skipped = 1
-        info.notes.append(f"unreadable, nothing from it is shown: {exc}")
-        return {}, info
+    except orjson.JSONDecodeError as exc:
+        raise _not_a_summary(path, f"not valid JSON ({exc})") from exc
     info.present = True
-    if not isinstance(data, dict):
-        info.skipped = 1
-        info.notes.append(f"not a JSON object but {type(data).__name__}; nothing from it is shown")
-        return {}, info
     info.records = 1
-    schema = data.get("schema")
-    if schema is not None and schema != SUMMARY_SCHEMA:
-        info.notes.append(
-            f"schema {schema!r} is not {SUMMARY_SCHEMA!r}; showing the keys this page knows"
-        )
+    _check_summary(path, data)
     return data, info
+
+
+_RESTORE = "restore the summary.json the run wrote, or run again"
+_VERDICTS = tuple(v.value for v in Verdict)
+_OBJECTS = ("run", "target", "memory")
+_COUNTERS = ("counts", "coverage", "probes", "violation_counts")
+_LISTS = ("violations", "errors", "scenarios", "workers")
+
+
+def _not_a_summary(path: Path, problem: str, fix: str = _RESTORE) -> UsageError:
+    return UsageError(f"{path} is not a run summary: {problem}; {fix}")
+
+
+def _check_summary(path: Path, data: object) -> None:
+    """Refuse a ``summary.json`` the harness could not have written.
+
+    Checks what the page is drawn from (the schema, the verdict and the types
+    of the top-level keys) and nothing deeper: values inside the records are
+    shown as they are. Every summary :mod:`harness.run`, the session and
+    :func:`harness.distributed.merge_summaries` write passes, final or not.
+    """
+    if not isinstance(data, dict):
+        raise _not_a_summary(path, f"a JSON {_json_type(data)}, not an object")
+    schema = data.get("schema")
+    if schema != SUMMARY_SCHEMA:
+        problem = f"schema {_shown(schema)}" if "schema" in data else "no schema"
+        raise _not_a_summary(
+            path,
+            f"{problem} (expected {SUMMARY_SCHEMA!r})",
+            "render it with the isoharness version that wrote it",
+        )
+    verdict = data.get("verdict")
+    if not isinstance(verdict, str) or verdict not in _VERDICTS:
+        problem = f"invalid verdict {_shown(verdict)}" if "verdict" in data else "no verdict"
+        raise _not_a_summary(path, f"{problem} (expected one of {', '.join(_VERDICTS)})")
+
+    def expect(key: str, value: object, ok: bool, expected: str) -> None:
+        if not ok:
+            raise _not_a_summary(path, f"invalid {key} {_shown(value)} (expected {expected})")
+
+    if "exit_code" in data:
+        expect("exit_code", data["exit_code"], _is_int(data["exit_code"]), "an integer")
+    if "final" in data:
+        expect("final", data["final"], isinstance(data["final"], bool), "true or false")
+    for key in _OBJECTS:
+        if key in data:
+            expect(key, data[key], isinstance(data[key], dict), "an object")
+    for key in _COUNTERS:
+        if key in data:
+            expect(key, data[key], isinstance(data[key], dict), "an object of counts")
+            for name, count in data[key].items():
+                expect(f"{key}[{name!r}]", count, _is_int(count), "an integer")
+    for key in _LISTS:
+        if key in data:
+            expect(key, data[key], isinstance(data[key], list), "a list")
+            for index, item in enumerate(data[key]):
+                expect(f"{key}[{index}]", item, isinstance(item, dict), "an object")
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    text = repr(value) if isinstance(value, str) else _json_compact(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _json_compact(value: object) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return repr(value)
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return "null" if value is None else type(value).__name__
 
 
 def _json_lines(path: Path, info: InputFile) -> Iterator[dict[str, Any]]:
