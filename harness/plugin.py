@@ -379,7 +379,7 @@ def _judge_report(
     run: Run, item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport
 ) -> None:
     """Record a scenario's outcome in ``run`` (an inconclusive one becomes a skip)."""
-    from harness.errors import IsolationViolation
+    from harness.errors import ConfigError, IsolationViolation, UsageError
     from harness.scenario import Inconclusive, NotApplicable
     from harness.types import ScenarioId
 
@@ -407,6 +407,10 @@ def _judge_report(
             result.outcome = "error"
             if call.excinfo is not None:
                 run.error("scenario_error", f"{item.nodeid}: {call.excinfo.exconly()[:300]}")
+            if call.excinfo is not None and call.excinfo.errisinstance((ConfigError, UsageError)):
+                # Misuse is one line naming the fix, never a traceback (whose frames
+                # could show a token).
+                report.longrepr = f"isoharness: {call.excinfo.value}"
     elif report.failed:
         result.outcome = "error"
         run.error("scenario_error", f"{item.nodeid} ({call.when}): {report.longreprtext[-300:]}")

@@ -26,8 +26,8 @@ from harness.credentials import (
     Credentials,
     HookCredentials,
     JwtCredentials,
-    StaticCredentials,
     require_jwt_secret,
+    static_credentials,
 )
 from harness.distributed import Shard, Workers
 from harness.embedded import EmbeddedService
@@ -307,7 +307,7 @@ class Session:
         s = self.settings
         if s.credentials == "static":
             assert s.tokens_file is not None
-            static = StaticCredentials(s.tokens_file, source=s.source_of("tokens_file"))
+            static = static_credentials(s)
             self.redactor.add(*static.tokens)
             return static
         if s.credentials == "hook":

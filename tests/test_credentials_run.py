@@ -1,0 +1,198 @@
+"""Bad credentials under ``isoharness run``: one line naming the fix, the documented exit
+code, no traceback, and no token on the terminal or in the report folder.
+
+A tokens file is checked before pytest starts (exit 2, no report folder); a login hook is
+first called for the preflight's user, before any scenario (exit 2, the report says why).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from e2e_helpers import (
+    SECRET,
+    harness_env,
+    output_of,
+    read_summary,
+    reference_service,
+    run_harness,
+    seconds,
+)
+
+from harness.credentials import JwtCredentials
+from harness.types import TenantId, UserId, UserKey
+
+HOOKS = """
+import time
+import jwt
+
+SECRET = {secret!r}
+
+def token(user):
+    claims = {{"sub": user.user, "tenant": user.tenant, "exp": int(time.time()) + 3600}}
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+def number(user):
+    return 42
+
+def header_injection(user):
+    return token(user) + "\\r\\nX-Evil: 1"
+
+def only_for_the_preflight(user):
+    return token(user) if user.user == "pre" else 42
+"""
+
+
+def run_with_hook(tmp_path: Path, url: str, hook: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "run_hooks.py").write_text(HOOKS.format(secret=SECRET))
+    return subprocess.run(
+        [sys.executable, "-m", "harness", "run", "--target-url", url]
+        + ["--credentials", "hook", "--login-hook", f"run_hooks:{hook}"]
+        + ["--report-dir", str(tmp_path / "report"), "--", "-k", "concurrent_users", "-q"],
+        cwd=tmp_path,
+        env=harness_env(PYTHONPATH=str(tmp_path)),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=seconds(120),
+        check=False,
+    )
+
+
+def output_and_report(proc: subprocess.CompletedProcess[str], report: Path) -> str:
+    """Everything the run printed and wrote to its report folder."""
+    written = [p.read_text(errors="replace") for p in report.rglob("*") if p.is_file()]
+    return proc.stdout + proc.stderr + "".join(written)
+
+
+@pytest.mark.parametrize(
+    ("hook", "what"),
+    [
+        (
+            "number",
+            "it returned int for {user}, not a token; a login hook must return the "
+            "user's token as a non-empty str (or an awaitable of one)",
+        ),
+        (
+            "header_injection",
+            "it returned a token for {user} with a character an HTTP "
+            "header cannot carry (CR at position N); a login hook must return the token alone",
+        ),
+    ],
+)
+def test_a_login_hook_giving_no_usable_token_stops_the_run_with_exit_2(
+    tmp_path: Path, hook: str, what: str
+) -> None:
+    with reference_service() as url:
+        proc = run_with_hook(tmp_path, url, hook)
+    assert proc.returncode == 2, output_of(proc)
+    refusals = [line for line in proc.stdout.splitlines() if "invalid login_hook" in line]
+    assert len(refusals) == 1, output_of(proc)
+    user = refusals[0].split(" for ", 1)[1].split()[0].rstrip(",")
+    assert user.endswith("-pre/pre")  # the preflight's user, before any scenario
+    # The position of the CR is the token's length, which depends on the run's tag.
+    # (pytest's exit banner around it: "! _pytest.outcomes.Exit: ... !")
+    assert (
+        f"isoharness: invalid login_hook 'run_hooks:{hook}' from --login-hook: "
+        f"{what.format(user=user)}"
+    ) in re.sub(r"position \d+", "position N", refusals[0])
+    assert "Traceback" not in proc.stdout + proc.stderr
+    summary = read_summary(tmp_path / "report")
+    assert (summary["verdict"], summary["exit_code"]) == ("error", 2)
+    assert [e["kind"] for e in summary["errors"]] == ["config_error"]
+    assert "eyJ" not in output_and_report(proc, tmp_path / "report")  # a JWT's first bytes
+
+
+def test_a_login_hook_failing_for_a_scenarios_user_fails_it_in_one_line(tmp_path: Path) -> None:
+    with reference_service() as url:
+        proc = run_with_hook(tmp_path, url, "only_for_the_preflight")
+    assert proc.returncode == 3, output_of(proc)
+    refusals = [line for line in proc.stdout.splitlines() if "invalid login_hook" in line]
+    assert len(refusals) == 2, output_of(proc)  # both instances of the scenario
+    assert refusals[0].startswith(
+        "isoharness: invalid login_hook 'run_hooks:only_for_the_preflight' from --login-hook: "
+        "it returned int for "
+    )
+    assert "Traceback" not in proc.stdout
+    assert "harness/credentials.py" not in proc.stdout
+    assert read_summary(tmp_path / "report")["verdict"] == "error"
+
+
+def tokens_file(path: Path, users: list[UserKey]) -> list[str]:
+    minting = JwtCredentials(SECRET)
+    tokens = [minting.mint(user) for user in users]
+    lines = [f"{u.tenant} {u.user} {t}" for u, t in zip(users, tokens, strict=True)]
+    path.write_text("\n".join(lines) + "\n")
+    return tokens
+
+
+USERS = [UserKey(TenantId(f"t{i % 2}"), UserId(f"u{i // 2}")) for i in range(8)]
+
+
+def test_a_tokens_file_giving_a_user_two_tokens_is_one_line_before_the_run(
+    tmp_path: Path,
+) -> None:
+    tokens = tokens_file(tmp_path / "tokens.txt", [*USERS, USERS[2]])
+    proc = run_harness(
+        "run", "--credentials", "static", "--tokens-file", "tokens.txt", cwd=tmp_path, secret=None
+    )
+    assert proc.returncode == 2, output_of(proc)
+    assert proc.stderr.splitlines() == [
+        f"isoharness: error: invalid tokens_file '{tmp_path / 'tokens.txt'}' from "
+        "--tokens-file: lines 3 and 9 both give a token for t0/u1; keep one line per user"
+    ]
+    assert proc.stdout == ""
+    assert not any(token in proc.stderr for token in tokens)
+    assert not (tmp_path / "reports").exists()
+
+
+def test_a_tokens_file_with_fewer_users_than_users_is_one_line_before_the_run(
+    tmp_path: Path,
+) -> None:
+    tokens = tokens_file(tmp_path / "tokens.txt", USERS[:6])
+    proc = run_harness(
+        "run", "--credentials", "static", "--tokens-file", "tokens.txt", cwd=tmp_path, secret=None
+    )
+    assert proc.returncode == 2, output_of(proc)
+    assert proc.stderr.splitlines() == [
+        f"isoharness: error: invalid tokens_file '{tmp_path / 'tokens.txt'}' from "
+        "--tokens-file: it has tokens for 6 users and the run needs 8 (users 8 from default); "
+        "add tokens or lower --users"
+    ]
+    assert not any(token in proc.stderr for token in tokens)
+    assert not (tmp_path / "reports").exists()
+
+
+def test_a_scenario_needing_more_users_than_the_tokens_file_has_is_one_line(
+    tmp_path: Path,
+) -> None:
+    # --users 6 passes the check before the run; test_tenants[4] asks for 2 x 4 users.
+    tokens = tokens_file(tmp_path / "tokens.txt", USERS[:6])
+    with reference_service() as url:
+        proc = run_harness(
+            "run", "--target-url", url, "--users", "6", "--credentials", "static",
+            "--tokens-file", "tokens.txt", "--report-dir", "report",
+            "--", "-k", "test_tenants_with_the_same_user_ids", "-q",
+            cwd=tmp_path, secret=None,
+        )  # fmt: skip
+    assert proc.returncode == 3, output_of(proc)
+    assert (
+        "isoharness: the tokens file has 6 users and this scenario needs 8; "
+        "add tokens or lower --users"
+    ) in proc.stdout.splitlines()
+    assert "Traceback" not in proc.stdout
+    assert "harness/scenario.py" not in proc.stdout
+    outcomes = {r["id"][-3:]: r["outcome"] for r in read_summary(tmp_path / "report")["scenarios"]}
+    assert outcomes == {"[2]": "passed", "[4]": "error"}
+    written = (
+        proc.stdout
+        + proc.stderr
+        + "".join(
+            p.read_text(errors="replace") for p in (tmp_path / "report").rglob("*") if p.is_file()
+        )
+    )
+    assert not any(token in written for token in tokens)
