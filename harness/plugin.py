@@ -141,6 +141,11 @@ class HarnessPlugin:
         except Exception as exc:  # noqa: BLE001 - one line and a report, never a bare traceback
             what = session.redactor.redact(f"{type(exc).__name__}: {exc}")
             self._stop(session, 3, "harness_error", f"the session failed to start: {what}")
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM while starting (a slow login hook): an interrupted run.
+            self.interrupted = True
+            self.session = session if session.run is not None else None
+            raise
         self.session = session
         session.on_progress = self.progress
         return session

@@ -8,8 +8,10 @@ first called for the preflight's user, before any scenario (exit 2, the report s
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,11 @@ def header_injection(user):
 
 def only_for_the_preflight(user):
     return token(user) if user.user == "pre" else 42
+
+def slow(user):
+    open("hook-called", "w").close()
+    time.sleep(60)
+    return token(user)
 """
 
 
@@ -196,3 +203,41 @@ def test_a_scenario_needing_more_users_than_the_tokens_file_has_is_one_line(
         )
     )
     assert not any(token in written for token in tokens)
+
+
+def test_sigterm_while_a_slow_login_hook_runs_is_an_interrupted_run(tmp_path: Path) -> None:
+    # The session is still starting (the preflight's token): SIGTERM ends it like Ctrl-C.
+    (tmp_path / "run_hooks.py").write_text(HOOKS.format(secret=SECRET))
+    report = tmp_path / "report"
+    with reference_service() as url:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harness", "run", "--target-url", url]
+            + ["--credentials", "hook", "--login-hook", "run_hooks:slow"]
+            + ["--report-dir", str(report)],
+            cwd=tmp_path,
+            env=harness_env(PYTHONPATH=str(tmp_path)),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + seconds(30)
+            while not (tmp_path / "hook-called").exists():
+                assert proc.poll() is None, proc.communicate()[0]
+                assert time.monotonic() < deadline, "the login hook was never called"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            output, _ = proc.communicate(timeout=seconds(10))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output
+    summary = read_summary(report)
+    assert (summary["verdict"], summary["final"], summary["exit_code"]) == (
+        "interrupted",
+        True,
+        130,
+    )
