@@ -132,7 +132,7 @@ def _run(ns: argparse.Namespace, pytest_args: list[str]) -> int:
     from harness.adapters.registry import check_adapter
     from harness.credentials import check_credentials
     from harness.safety import check_target_allowed
-    from harness.session import new_run_id
+    from harness.session import make_report_dir, new_run_id
 
     cli = {spec.name: getattr(ns, spec.name) for spec in OPTIONS}
     try:
@@ -152,6 +152,11 @@ def _run(ns: argparse.Namespace, pytest_args: list[str]) -> int:
     scenarios = settings.scenarios or default_scenarios()
     if not scenarios.is_dir():
         print(f"isoharness: error: no scenarios at {scenarios}; set --scenarios", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        make_report_dir(report_dir, settings.source_of("report_dir"))
+    except ConfigError as exc:
+        print(f"isoharness: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     argv = [str(scenarios.resolve()), f"--report-dir={report_dir.absolute()}"]
     if _remote_gateways(pytest_args) and not any(

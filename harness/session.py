@@ -78,6 +78,20 @@ def split_target(url: str) -> tuple[str, str]:
     return base, ws
 
 
+def make_report_dir(path: Path, source: str) -> None:
+    """Make the report folder ``path`` (and its parents) if it is not there.
+
+    Raises:
+        ConfigError: it cannot be made (a file is in the way, no permission), exit 2.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            "report_dir", str(path), source, f"a folder that can be made ({exc.strerror or exc})"
+        ) from None
+
+
 class Session:
     """Everything one run needs, built from :class:`~harness.settings.Settings`.
 
@@ -142,15 +156,7 @@ class Session:
         secret = s.jwt_secret
         if s.target_url is not None:
             check_target_allowed(s.target_url, s.allowed_targets, source=s.source_of("target_url"))
-        try:
-            self.report_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(
-                "report_dir",
-                str(self.report_dir),
-                s.source_of("report_dir"),
-                f"a folder that can be made ({exc.strerror or exc})",
-            ) from None
+        make_report_dir(self.report_dir, s.source_of("report_dir"))
         # The embedded service verifies JWTs minted with its own secret (below).
         credentials = self._credentials(secret) if s.target_url is not None else None
         factory = adapter_factory(s)

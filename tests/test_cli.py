@@ -140,6 +140,17 @@ def test_a_tokens_file_without_two_users_is_one_line_before_the_run(tmp_path: Pa
     assert not (tmp_path / "reports").exists()
 
 
+def test_a_report_folder_that_cannot_be_made_is_one_line_before_the_run(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file, not a folder\n")
+    proc = run_harness("run", "--report-dir", "taken/run1", cwd=tmp_path)
+    assert proc.returncode == 2, output_of(proc)
+    assert proc.stderr.splitlines() == [
+        f"isoharness: error: invalid report_dir '{tmp_path / 'taken/run1'}' from "
+        "--report-dir: a folder that can be made (Not a directory)"
+    ]
+    assert proc.stdout == ""
+
+
 def test_a_non_loopback_target_is_refused_before_any_network_use(tmp_path: Path) -> None:
     guard = tmp_path / "guard"
     guard.mkdir()
