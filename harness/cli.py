@@ -132,7 +132,7 @@ def _run(ns: argparse.Namespace, pytest_args: list[str]) -> int:
     from harness.adapters.registry import check_adapter
     from harness.credentials import check_credentials
     from harness.safety import check_target_allowed
-    from harness.session import make_report_dir, new_run_id
+    from harness.session import check_report_dir, new_run_id
 
     cli = {spec.name: getattr(ns, spec.name) for spec in OPTIONS}
     try:
@@ -154,7 +154,8 @@ def _run(ns: argparse.Namespace, pytest_args: list[str]) -> int:
         print(f"isoharness: error: no scenarios at {scenarios}; set --scenarios", file=sys.stderr)
         return EXIT_USAGE
     try:
-        make_report_dir(report_dir, settings.source_of("report_dir"))
+        # Checked, not made: a run refused later (by pytest) leaves no folder behind.
+        check_report_dir(report_dir, settings.source_of("report_dir"))
     except ConfigError as exc:
         print(f"isoharness: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -87,9 +87,30 @@ def make_report_dir(path: Path, source: str) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(
-            "report_dir", str(path), source, f"a folder that can be made ({exc.strerror or exc})"
-        ) from None
+        raise _unmakeable(path, source, exc.strerror or str(exc)) from None
+
+
+def check_report_dir(path: Path, source: str) -> None:
+    """Check that the report folder ``path`` could be made, without making it.
+
+    Raises:
+        ConfigError: as :func:`make_report_dir` would.
+    """
+    existing = path.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == path.absolute() and existing.is_dir():
+        return
+    if not existing.is_dir():
+        raise _unmakeable(
+            path, source, "Not a directory" if existing != path.absolute() else "File exists"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise _unmakeable(path, source, "Permission denied")
+
+
+def _unmakeable(path: Path, source: str, why: str) -> ConfigError:
+    return ConfigError("report_dir", str(path), source, f"a folder that can be made ({why})")
 
 
 class Session:

@@ -140,13 +140,18 @@ def test_a_tokens_file_without_two_users_is_one_line_before_the_run(tmp_path: Pa
     assert not (tmp_path / "reports").exists()
 
 
-def test_a_report_folder_that_cannot_be_made_is_one_line_before_the_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("report_dir", "why"), [("taken", "File exists"), ("taken/run1", "Not a directory")]
+)
+def test_a_report_folder_that_cannot_be_made_is_one_line_before_the_run(
+    tmp_path: Path, report_dir: str, why: str
+) -> None:
     (tmp_path / "taken").write_text("a file, not a folder\n")
-    proc = run_harness("run", "--report-dir", "taken/run1", cwd=tmp_path)
+    proc = run_harness("run", "--report-dir", report_dir, cwd=tmp_path)
     assert proc.returncode == 2, output_of(proc)
     assert proc.stderr.splitlines() == [
-        f"isoharness: error: invalid report_dir '{tmp_path / 'taken/run1'}' from "
-        "--report-dir: a folder that can be made (Not a directory)"
+        f"isoharness: error: invalid report_dir '{tmp_path / report_dir}' from "
+        f"--report-dir: a folder that can be made ({why})"
     ]
     assert proc.stdout == ""
 
