@@ -147,6 +147,50 @@ def test_a_bad_adapter_table_found_at_start_is_exit_2_in_the_summary_too(
     assert [e["kind"] for e in summary["errors"]] == ["config_error"]
 
 
+BROKEN_ADAPTER = """
+from harness.aep import AEP_CODEC
+
+
+class Broken:
+    name = "broken"
+    codec = AEP_CODEC
+    capabilities = frozenset()
+
+    async def open(self, user):
+        raise RuntimeError("the upstream refused Authorization: Bearer " + user.token)
+
+    def memory_probe(self):
+        return None
+
+    async def aclose(self):
+        return None
+
+
+def create(context):
+    return Broken()
+"""
+
+
+def test_an_unexpected_error_while_starting_is_one_masked_line_exit_3_and_an_error_summary(
+    pytester: pytest.Pytester, target: str
+) -> None:
+    # A custom adapter whose open() fails in a way nobody planned for, quoting a token.
+    pytester.makepyfile(test_my_service=SCENARIO, broken_adapter=BROKEN_ADAPTER)
+    result = run_scenarios(pytester, target, "--adapter", "broken_adapter:create")
+    assert result.ret == 3
+    output = result.stdout.str() + result.stderr.str()
+    message = (
+        "isoharness: the session failed to start: RuntimeError: the upstream refused "
+        "Authorization: Bearer ***"
+    )
+    assert len([line for line in output.splitlines() if message in line]) == 1, output
+    assert "Traceback" not in output
+    assert "eyJ" not in output
+    summary = only_summary(pytester)
+    assert (summary["verdict"], summary["exit_code"], summary["final"]) == ("error", 3, True)
+    assert [e["kind"] for e in summary["errors"]] == ["harness_error"]
+
+
 def test_a_report_folder_that_cannot_be_made_ends_the_session_with_exit_2_in_one_line(
     pytester: pytest.Pytester, target: str
 ) -> None:
