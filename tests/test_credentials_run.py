@@ -118,7 +118,12 @@ def test_a_login_hook_failing_for_a_scenarios_user_fails_it_in_one_line(tmp_path
     with reference_service() as url:
         proc = run_with_hook(tmp_path, url, "only_for_the_preflight")
     assert proc.returncode == 3, output_of(proc)
-    refusals = [line for line in proc.stdout.splitlines() if "invalid login_hook" in line]
+    # The failure sections; the short summary (whole lines under CI) repeats them after "FAILED".
+    refusals = [
+        line
+        for line in proc.stdout.splitlines()
+        if line.startswith("isoharness: invalid login_hook")
+    ]
     assert len(refusals) == 2, output_of(proc)  # both instances of the scenario
     assert refusals[0].startswith(
         "isoharness: invalid login_hook 'run_hooks:only_for_the_preflight' from --login-hook: "
