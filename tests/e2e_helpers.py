@@ -72,6 +72,22 @@ def run_harness(
     )
 
 
+def assert_tokens_file_refused(tmp_path: Path, problem: str, tokens: Sequence[str]) -> None:
+    """``isoharness run`` with ``tmp_path/tokens.txt`` stops before pytest: exit 2, one
+    line ending in ``problem``, no token shown, no report folder."""
+    proc = run_harness(
+        "run", "--credentials", "static", "--tokens-file", "tokens.txt", cwd=tmp_path, secret=None
+    )
+    assert proc.returncode == 2, output_of(proc)
+    assert proc.stderr.splitlines() == [
+        f"isoharness: error: invalid tokens_file '{tmp_path / 'tokens.txt'}' from "
+        f"--tokens-file: {problem}"
+    ]
+    assert proc.stdout == ""
+    assert not any(token in proc.stderr for token in tokens)
+    assert not (tmp_path / "reports").exists()
+
+
 def output_of(proc: subprocess.CompletedProcess[str]) -> str:
     """stdout and stderr together, for assertion messages."""
     return f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from e2e_helpers import (
     SECRET,
+    assert_tokens_file_refused,
     harness_env,
     output_of,
     read_summary,
@@ -149,34 +150,21 @@ def test_a_tokens_file_giving_a_user_two_tokens_is_one_line_before_the_run(
     tmp_path: Path,
 ) -> None:
     tokens = tokens_file(tmp_path / "tokens.txt", [*USERS, USERS[2]])
-    proc = run_harness(
-        "run", "--credentials", "static", "--tokens-file", "tokens.txt", cwd=tmp_path, secret=None
+    assert_tokens_file_refused(
+        tmp_path, "lines 3 and 9 both give a token for t0/u1; keep one line per user", tokens
     )
-    assert proc.returncode == 2, output_of(proc)
-    assert proc.stderr.splitlines() == [
-        f"isoharness: error: invalid tokens_file '{tmp_path / 'tokens.txt'}' from "
-        "--tokens-file: lines 3 and 9 both give a token for t0/u1; keep one line per user"
-    ]
-    assert proc.stdout == ""
-    assert not any(token in proc.stderr for token in tokens)
-    assert not (tmp_path / "reports").exists()
 
 
 def test_a_tokens_file_with_fewer_users_than_users_is_one_line_before_the_run(
     tmp_path: Path,
 ) -> None:
     tokens = tokens_file(tmp_path / "tokens.txt", USERS[:6])
-    proc = run_harness(
-        "run", "--credentials", "static", "--tokens-file", "tokens.txt", cwd=tmp_path, secret=None
+    assert_tokens_file_refused(
+        tmp_path,
+        "it has tokens for 6 users and the run needs 8 (users 8 from default); "
+        "add tokens or lower --users",
+        tokens,
     )
-    assert proc.returncode == 2, output_of(proc)
-    assert proc.stderr.splitlines() == [
-        f"isoharness: error: invalid tokens_file '{tmp_path / 'tokens.txt'}' from "
-        "--tokens-file: it has tokens for 6 users and the run needs 8 (users 8 from default); "
-        "add tokens or lower --users"
-    ]
-    assert not any(token in proc.stderr for token in tokens)
-    assert not (tmp_path / "reports").exists()
 
 
 def test_a_scenario_needing_more_users_than_the_tokens_file_has_is_one_line(
