@@ -131,7 +131,7 @@ def check_target_allowed(url: str, allowed: Sequence[str], *, source: str = "the
         p = pattern.strip().lower()
         if any(p == c or fnmatchcase(c, p) for c in candidates):
             return
-    suggestion = "*." + host.partition(".")[2] if host.count(".") >= 2 else host
+    suggestion = host if _is_address(host) or host.count(".") < 2 else "*." + host.partition(".")[2]
     raise ConfigError(
         "target_url",
         shown,
@@ -139,6 +139,15 @@ def check_target_allowed(url: str, allowed: Sequence[str], *, source: str = "the
         f"{host} is not loopback and matches no allowed_targets pattern; "
         f"to load it deliberately, add a pattern such as {suggestion!r} to allowed_targets",
     )
+
+
+def _is_address(host: str) -> bool:
+    """Whether ``host`` is an IP address (whose labels no wildcard should replace)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _trie_pattern(words: Iterable[str]) -> str:

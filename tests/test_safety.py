@@ -87,6 +87,13 @@ def test_a_two_label_host_is_suggested_as_itself() -> None:
     )
 
 
+@pytest.mark.parametrize("host", ["10.1.2.3", "[fd00::1]"])
+def test_an_address_is_suggested_as_itself_not_as_a_wildcard(host: str) -> None:
+    assert refusal(f"http://{host}:8080", []).endswith(
+        f"add a pattern such as '{host.strip('[]')}' to allowed_targets"
+    )
+
+
 def test_the_default_source_reads_as_a_sentence() -> None:
     with pytest.raises(ConfigError, match="^invalid target_url 'http://example.com' from the "):
         check_target_allowed("http://example.com", [])
