@@ -54,6 +54,27 @@ def _header_fault(token: str) -> str | None:
     return f"{_NAMES.get(char, f'U+{ord(char):04X}')} at position {bad.start()}"
 
 
+def aep_claims_fault(user: UserKey, token: str) -> str | None:
+    """Whose token ``token`` says it is, when that is not ``user``; ``None`` otherwise.
+
+    An AEP/1 service takes the user from the token's ``sub`` and ``tenant``
+    claims, and the harness expects events tagged with the user the token was
+    filed under: a token on another user's line would make every one of that
+    user's events look delivered to the wrong user. The claims are read without
+    checking the signature (the harness may not hold the key); a token that is
+    not a JWT, or a claim that is missing or not a string, is the service's to
+    judge.
+    """
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return None
+    sub, tenant = claims.get("sub"), claims.get("tenant")
+    sub = sub if isinstance(sub, str) else user.user
+    tenant = tenant if isinstance(tenant, str) else user.tenant
+    return None if (tenant, sub) == (user.tenant, user.user) else f"{tenant}/{sub}"
+
+
 class Credentials(Protocol):
     """Gives each simulated user a token."""
 
@@ -138,7 +159,8 @@ class StaticCredentials:
         except (OSError, UnicodeDecodeError) as exc:
             why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
             raise ConfigError("tokens_file", str(path), source, f"a readable file ({why})") from exc
-        line_of: dict[UserKey, int] = {}
+        self._line_of: dict[UserKey, int] = {}
+        line_of = self._line_of
         for number, line in enumerate(lines, 1):
             text = line.strip()
             if not text or text.startswith("#"):
@@ -174,6 +196,21 @@ class StaticCredentials:
     def _refuse(self, why: str) -> NoReturn:
         raise ConfigError("tokens_file", str(self.path), self._source, why)
 
+    def check_aep_claims(self) -> None:
+        """Refuse a token whose AEP/1 claims name another user than its line does.
+
+        Raises:
+            ConfigError: naming the first such line and whose token it holds
+                (the claims, never the token), exit 2.
+        """
+        for user, token in self._tokens.items():
+            claimed = aep_claims_fault(user, token)
+            if claimed is not None:
+                self._refuse(
+                    f"the token on line {self._line_of[user]} is {claimed}'s (its sub and "
+                    f"tenant claims), not {user}'s; put each token on its own user's line"
+                )
+
     def require_users(self, count: int, *, source: str) -> None:
         """Refuse a file with tokens for fewer than ``count`` users, set by ``source``.
 
@@ -203,6 +240,9 @@ class StaticCredentials:
 def static_credentials(settings: Settings) -> StaticCredentials:
     """The tokens file of ``settings``, checked to hold a token for each of ``--users``.
 
+    With the AEP/1 adapter each JWT's ``sub`` and ``tenant`` claims must name
+    the user of its line (:func:`aep_claims_fault`).
+
     Scenarios may ask for more users than ``--users`` (``test_tenants`` needs
     two per tenant); only the scenario knows, so that is checked when it asks.
 
@@ -211,6 +251,8 @@ def static_credentials(settings: Settings) -> StaticCredentials:
     """
     assert settings.tokens_file is not None
     static = StaticCredentials(settings.tokens_file, source=settings.source_of("tokens_file"))
+    if settings.adapter == "aep":
+        static.check_aep_claims()
     static.require_users(settings.users, source=settings.source_of("users"))
     return static
 

@@ -150,6 +150,54 @@ def test_a_token_no_http_header_can_carry_is_refused_without_showing_it(tmp_path
     assert "tok-" not in str(caught.value)
 
 
+def _jwt(**claims):
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+def test_a_jwt_whose_claims_name_another_user_is_refused_naming_both(tmp_path):
+    path = tmp_path / "tokens.txt"
+    bob = _jwt(sub="bob", tenant="acme")
+    path.write_text(f"acme alice {_jwt(sub='alice', tenant='acme')}\nacme carol {bob}\n")
+    static = StaticCredentials(path, source="--tokens-file")
+    with pytest.raises(ConfigError) as caught:
+        static.check_aep_claims()
+    assert str(caught.value) == (
+        f"invalid tokens_file '{path}' from --tokens-file: the token on line 2 is acme/bob's "
+        "(its sub and tenant claims), not acme/carol's; put each token on its own user's line"
+    )
+    assert bob not in str(caught.value)
+
+
+def test_a_jwt_of_the_same_user_in_another_tenant_is_refused(tmp_path):
+    path = tmp_path / "tokens.txt"
+    path.write_text(f"acme alice {_jwt(sub='alice', tenant='other')}\nacme bob tok-b\n")
+    with pytest.raises(ConfigError, match="line 1 is other/alice's .* not acme/alice's"):
+        StaticCredentials(path).check_aep_claims()
+
+
+def test_opaque_tokens_and_jwts_without_user_claims_are_the_services_to_judge(tmp_path):
+    path = tmp_path / "tokens.txt"
+    path.write_text(
+        f"acme alice {_jwt(sub='alice', tenant='acme')}\n"
+        f"acme bob {_jwt(scope='chat')}\n"
+        "acme carol tok-c\n"
+        "acme dave not.a.jwt\n"
+    )
+    StaticCredentials(path).check_aep_claims()
+
+
+def test_claims_are_checked_for_the_aep_adapter_only(tmp_path):
+    lines = [f"acme u{i} {_jwt(sub=f'u{7 - i}', tenant='acme')}" for i in range(8)]
+    (tmp_path / "tokens.txt").write_text("\n".join(lines) + "\n")
+    settings = _settings(
+        tmp_path, credentials="static", tokens_file="tokens.txt", target_url="http://127.0.0.1:9"
+    )
+    with pytest.raises(ConfigError, match="the token on line 1 is acme/u7's"):
+        check_credentials(settings)
+    # Another protocol's tokens may name users in their own way.
+    check_credentials(dataclasses.replace(settings, adapter="json"))
+
+
 def _settings(tmp_path, **cli):
     return resolve_settings(cli, env={}, cwd=tmp_path)
 

@@ -155,6 +155,21 @@ def test_a_tokens_file_giving_a_user_two_tokens_is_one_line_before_the_run(
     )
 
 
+def test_a_token_filed_under_another_user_is_one_line_before_the_run(tmp_path: Path) -> None:
+    # Run against a service, each of u2's events would look delivered to t1/u1.
+    minting = JwtCredentials(SECRET)
+    tokens = [minting.mint(user) for user in USERS]
+    tokens[3], tokens[4] = tokens[4], tokens[3]
+    lines = [f"{u.tenant} {u.user} {t}" for u, t in zip(USERS, tokens, strict=True)]
+    (tmp_path / "tokens.txt").write_text("\n".join(lines) + "\n")
+    assert_tokens_file_refused(
+        tmp_path,
+        "the token on line 4 is t0/u2's (its sub and tenant claims), not t1/u1's; "
+        "put each token on its own user's line",
+        tokens,
+    )
+
+
 def test_a_tokens_file_with_fewer_users_than_users_is_one_line_before_the_run(
     tmp_path: Path,
 ) -> None:
