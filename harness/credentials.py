@@ -268,6 +268,10 @@ class HookCredentials:
         spec: ``package.module:function``.
         source: where ``spec`` was set, for messages.
         timeout_s: how long one call may take.
+        aep_claims: refuse a JWT whose ``sub`` and ``tenant`` claims name another
+            user than the one asked for (:func:`aep_claims_fault`): a hook that
+            logs every user in as one account would make every event look
+            delivered to the wrong user.
 
     Raises:
         ConfigError: the hook does not import or is not callable (exit 2).
@@ -279,6 +283,7 @@ class HookCredentials:
         *,
         source: str = "configuration",
         timeout_s: float = LOGIN_HOOK_TIMEOUT_S,
+        aep_claims: bool = False,
     ) -> None:
         module_name, _, attr = spec.partition(":")
         try:
@@ -296,6 +301,7 @@ class HookCredentials:
         self.spec = spec
         self._source = source
         self._timeout = timeout_s
+        self._aep_claims = aep_claims
         self._func: Callable[[UserKey], Any] = func
         self._failure: ConfigError | None = None
 
@@ -307,9 +313,10 @@ class HookCredentials:
 
         Raises:
             ConfigError: the hook raised, took longer than ``timeout_s``, or
-                returned something that is not a token an HTTP header can carry
-                (exit 2). After one failure every later call fails the same way
-                at once: a run whose users cannot all log in proves nothing.
+                returned something that is not a token an HTTP header can carry,
+                or (``aep_claims``) another user's token (exit 2). After one failure
+                every later call fails the same way at once: a run whose users
+                cannot all log in proves nothing.
         """
         if self._failure is None:
             try:
@@ -372,6 +379,12 @@ class HookCredentials:
             self._refuse(
                 f"it returned a token for {user} with a character an HTTP header cannot "
                 f"carry ({fault}); a login hook must return the token alone"
+            )
+        claimed = aep_claims_fault(user, result) if self._aep_claims else None
+        if claimed is not None:
+            self._refuse(
+                f"it returned {claimed}'s token (its sub and tenant claims) for {user}; a "
+                "login hook must log in as the user it is given"
             )
         return result
 

@@ -339,7 +339,9 @@ class Session:
             return static
         if s.credentials == "hook":
             assert s.login_hook is not None
-            return HookCredentials(s.login_hook, source=s.source_of("login_hook"))
+            return HookCredentials(
+                s.login_hook, source=s.source_of("login_hook"), aep_claims=s.adapter == "aep"
+            )
         return JwtCredentials(require_jwt_secret(secret))
 
     async def _preflight(self, credentials: Credentials) -> None:

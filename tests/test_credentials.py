@@ -260,6 +260,9 @@ def hooks(tmp_path, monkeypatch):
             async def awaits_forever(user):
                 await asyncio.Event().wait()
 
+            def always_alice(user):
+                return JWT  # sub "alice", no tenant claim
+
             calls = []
 
             def counted(user):
@@ -295,6 +298,21 @@ def test_a_login_hook_returning_no_token_is_a_configuration_error(hooks, hook, w
         f"invalid login_hook 'cred_hooks:{hook}' from --login-hook: it returned {what} "
         f"for acme/alice, {NOT_A_TOKEN}"
     )
+
+
+def test_a_hook_logging_every_user_in_as_one_account_is_refused_for_aep(hooks):
+    bob = UserKey(TenantId("acme"), UserId("bob"))
+    with pytest.raises(ConfigError) as caught:
+        asyncio.run(HookCredentials("cred_hooks:always_alice", aep_claims=True).token_for(bob))
+    assert str(caught.value).endswith(
+        "it returned acme/alice's token (its sub and tenant claims) for acme/bob; a login "
+        "hook must log in as the user it is given"
+    )
+    assert hooks.JWT not in str(caught.value)
+    credentials = HookCredentials("cred_hooks:always_alice", aep_claims=True)
+    assert asyncio.run(credentials.token_for(ALICE)) == hooks.JWT  # alice's own
+    # Another protocol's tokens may name users in their own way.
+    assert asyncio.run(HookCredentials("cred_hooks:always_alice").token_for(bob)) == hooks.JWT
 
 
 def test_a_token_with_cr_lf_is_refused_before_any_header_and_never_shown(hooks):

@@ -45,6 +45,9 @@ def number(user):
 def header_injection(user):
     return token(user) + "\\r\\nX-Evil: 1"
 
+def one_account(user):
+    return token(type(user)("t0", "shared"))
+
 def only_for_the_preflight(user):
     return token(user) if user.user == "pre" else 42
 
@@ -86,6 +89,11 @@ def output_and_report(proc: subprocess.CompletedProcess[str], report: Path) -> s
             "user's token as a non-empty str (or an awaitable of one)",
         ),
         (
+            "one_account",
+            "it returned t0/shared's token (its sub and tenant claims) for {user}; a login "
+            "hook must log in as the user it is given",
+        ),
+        (
             "header_injection",
             "it returned a token for {user} with a character an HTTP "
             "header cannot carry (CR at position N); a login hook must return the token alone",
@@ -100,7 +108,7 @@ def test_a_login_hook_giving_no_usable_token_stops_the_run_with_exit_2(
     assert proc.returncode == 2, output_of(proc)
     refusals = [line for line in proc.stdout.splitlines() if "invalid login_hook" in line]
     assert len(refusals) == 1, output_of(proc)
-    user = refusals[0].split(" for ", 1)[1].split()[0].rstrip(",")
+    user = refusals[0].split(" for ", 1)[1].split()[0].rstrip(",;")
     assert user.endswith("-pre/pre")  # the preflight's user, before any scenario
     # The position of the CR is the token's length, which depends on the run's tag.
     # (pytest's exit banner around it: "! _pytest.outcomes.Exit: ... !")
