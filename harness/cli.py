@@ -21,6 +21,8 @@ from harness.errors import ConfigError, UsageError
 from harness.settings import OPTIONS, Settings, flag_arguments, resolve_settings
 
 EXIT_USAGE = 2
+#: RFC 7518 §3.2: an HS256 key is at least 256 bits.
+MIN_SECRET_BYTES = 32
 
 
 def default_scenarios() -> Path:
@@ -89,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] == "serve":
         from harness.reference.__main__ import main as serve
 
-        return serve(args[1:])
+        return serve(args[1:], prog="isoharness serve")
     own, pytest_args = _split_passthrough(args)
     ns = build_parser().parse_args(own)
     ns.argv = args
@@ -198,6 +200,7 @@ def _run(ns: argparse.Namespace, pytest_args: list[str]) -> int:
             argv.append(spec.flag)
         else:
             argv.append(f"{spec.flag}={value}")
+    _warn_if_short_secret(settings)
     # The report shows the command the user typed (secrets are masked there).
     os.environ["ISOHARNESS_COMMAND"] = " ".join(["isoharness", *ns.argv])
     code = int(pytest.main(argv + pytest_args))
@@ -225,6 +228,25 @@ def _run(ns: argparse.Namespace, pytest_args: list[str]) -> int:
     if code == pytest.ExitCode.USAGE_ERROR:
         return EXIT_USAGE
     return code
+
+
+def _warn_if_short_secret(settings: Settings) -> None:
+    """One line on stderr when tokens are signed with a secret under ``MIN_SECRET_BYTES``.
+
+    The run goes on: the secret is often the target's, not ours to choose.
+    """
+    # The embedded service, and a target given with the jwt provider, verify tokens
+    # signed with this secret; static and hook credentials never use it.
+    signs = settings.target_url is None or settings.credentials == "jwt"
+    secret = settings.jwt_secret
+    if signs and secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
+        print(
+            f"isoharness: warning: the JWT signing secret is shorter than {MIN_SECRET_BYTES} "
+            f"bytes (RFC 7518 §3.2); sign with {MIN_SECRET_BYTES} or more random bytes, e.g. "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _remote_gateways(pytest_args: Sequence[str]) -> bool:

@@ -31,17 +31,19 @@ the value (``'***'`` for a secret), where it came from (``--users``,
 ``$ISOHARNESS_USERS``, ``isoharness.toml``, ``pyproject.toml [tool.isoharness]``)
 and what is allowed::
 
-    invalid users -3 from isoharness.toml: an integer >= 2
+    invalid users -3 from isoharness.toml: an integer from 2 to 100000
     invalid users 200000 from --users: an integer from 2 to 100000
     invalid key 'user' from isoharness.toml: unknown key; did you mean 'users'?
 
-Every number has a range: a value below its minimum (or not a number) is told
-the minimum, one above its maximum the whole range. The maxima are what a real
-run could want, so that a typo fails here, as one line, rather than deep in the
-run: seeds fit the report's 64-bit JSON integers, sizes stay within what one
-run can hold (README: 10,000 users per process are measured; distributed runs
-split the users), a soak lasts at most 30 days and any other span of time at
-most a day (pytest-timeout's guard is derived from them).
+Every number has a range, and a value refused for it (below the minimum, above
+the maximum, or not a number) is told the whole range; the one number without
+a maximum, ``memory_floor_bytes_per_session``, is told its minimum
+(``a number >= 0``). The maxima are what a real run could want, so that a typo
+fails here, as one line, rather than deep in the run: seeds fit the report's
+64-bit JSON integers, sizes stay within what one run can hold (README: 10,000
+users per process are measured; distributed runs split the users), a soak
+lasts at most 30 days and any other span of time at most a day
+(pytest-timeout's guard is derived from them).
 """
 
 from __future__ import annotations
@@ -75,8 +77,10 @@ DEFAULT_SOURCE = "default"
 DAY_S = 86_400.0
 #: The longest ``duration``: a month-long soak.
 MAX_DURATION_S = 30 * DAY_S
-DURATION_ALLOWED = "a positive number of seconds, or a duration such as 30s, 30m, 8h, 1h30m"
-DURATION_RANGE = DURATION_ALLOWED + ", at most 720h (30 days)"
+DURATION_ALLOWED = (
+    "a positive number of seconds, or a duration such as 30s, 30m, 8h, 1h30m, "
+    "at most 720h (30 days)"
+)
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
 _DURATION = re.compile(rf"(?:{_NUMBER}h)?(?:{_NUMBER}m)?(?:{_NUMBER}s)?")
 
@@ -88,9 +92,8 @@ def parse_duration(text: object) -> float:
     case-insensitive, no spaces inside. A bare number is seconds.
 
     Raises:
-        ValueError: ``DURATION_ALLOWED`` for anything else, and for a value
-            that is not finite and > 0; ``DURATION_RANGE`` for more than
-            ``MAX_DURATION_S`` (30 days).
+        ValueError: ``DURATION_ALLOWED`` for anything else, for a value that
+            is not finite and > 0, and for more than ``MAX_DURATION_S`` (30 days).
     """
     if isinstance(text, bool):
         raise ValueError(DURATION_ALLOWED)
@@ -113,7 +116,7 @@ def parse_duration(text: object) -> float:
     if not seconds > 0:
         raise ValueError(DURATION_ALLOWED)
     if seconds > MAX_DURATION_S:  # also +inf, from hundreds of digits
-        raise ValueError(DURATION_RANGE)
+        raise ValueError(DURATION_ALLOWED)
     return seconds
 
 
@@ -130,59 +133,53 @@ def _shown_bound(bound: float) -> str:
     return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
 
 
-_DIGITS = re.compile(r"\+?\d+")
-
-
 def _int(minimum: int, maximum: int) -> Callable[[object], object]:
-    # The message names the bound the value crossed.
-    at_least = f"an integer >= {minimum}"
-    in_range = f"an integer from {minimum} to {maximum}"
+    allowed = f"an integer from {minimum} to {maximum}"
 
     def parse(value: object) -> object:
         if isinstance(value, bool):
-            raise ValueError(at_least)
+            raise ValueError(allowed)
         if isinstance(value, int):
             number = value
         elif isinstance(value, str):
-            text = value.strip()
             try:
-                number = int(text)
+                number = int(value.strip())  # refuses more than 4,300 digits, too
             except ValueError:
-                # int() refuses more than 4,300 digits: far above any maximum.
-                raise ValueError(in_range if _DIGITS.fullmatch(text) else at_least) from None
+                raise ValueError(allowed) from None
         else:
-            raise ValueError(at_least)
-        if number < minimum:
-            raise ValueError(at_least)
-        if number > maximum:
-            raise ValueError(in_range)
+            raise ValueError(allowed)
+        if not minimum <= number <= maximum:
+            raise ValueError(allowed)
         return number
 
     return parse
 
 
 def _float(minimum: float, maximum: float, *, strict: bool = False) -> Callable[[object], object]:
-    # The message names the bound the value crossed; ``strict``: the minimum itself is refused.
+    # ``strict``: the minimum itself is refused. Without a maximum (inf), only the minimum is told.
     low, high = _shown_bound(minimum), _shown_bound(maximum)
-    at_least = f"a number {'>' if strict else '>='} {low}"
-    in_range = f"a number > {low} and <= {high}" if strict else f"a number from {low} to {high}"
+    if math.isinf(maximum):
+        allowed = f"a number {'>' if strict else '>='} {low}"
+    elif strict:
+        allowed = f"a number > {low} and <= {high}"
+    else:
+        allowed = f"a number from {low} to {high}"
 
     def parse(value: object) -> object:
         if isinstance(value, bool):
-            raise ValueError(at_least)
+            raise ValueError(allowed)
         if isinstance(value, int | float):
             number = _as_float(value)
         elif isinstance(value, str):
             try:
                 number = float(value.strip())
             except ValueError:
-                raise ValueError(at_least) from None
+                raise ValueError(allowed) from None
         else:
-            raise ValueError(at_least)
-        if math.isnan(number) or number < minimum or (strict and number == minimum):
-            raise ValueError(at_least)
-        if number > maximum:  # also +inf
-            raise ValueError(in_range)
+            raise ValueError(allowed)
+        # NaN fails every comparison; +inf is above any finite maximum.
+        if not minimum <= number <= maximum or (strict and number == minimum):
+            raise ValueError(allowed)
         return number
 
     return parse

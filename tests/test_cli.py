@@ -58,6 +58,29 @@ def test_serve_prints_a_url_that_answers_healthz_and_stops_on_sigterm() -> None:
             proc.stdout.close()
 
 
+def test_serve_names_itself_in_its_usage_and_its_one_line_errors() -> None:
+    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*isoharness(), "serve", *args],
+            env=harness_env(),
+            capture_output=True,
+            text=True,
+            timeout=seconds(30),
+            check=False,
+        )
+
+    bad = serve("--jwt-secret", SECRET, "--think-ms", "5")
+    assert bad.returncode == 2, output_of(bad)
+    assert bad.stderr.splitlines() == [
+        "isoharness serve: error: argument --think-ms: expected MIN,MAX integers with "
+        "0 <= MIN <= MAX <= 60000 (e.g. 2,10), got '5'"
+    ]
+    assert bad.stdout == ""
+    usage = serve("--help")
+    assert usage.returncode == 0, output_of(usage)
+    assert usage.stdout.startswith("usage: isoharness serve [-h]")
+
+
 # -- configuration errors: exit 2, one line, nothing started ---------------------------------
 
 #: A ``sitecustomize`` that makes any name lookup or connection fail loudly and leave a mark.
@@ -80,7 +103,7 @@ socket.socket.connect_ex = _refuse
         pytest.param(
             "users = -3\n",
             (),
-            "isoharness: error: invalid users -3 from isoharness.toml: an integer >= 2",
+            "isoharness: error: invalid users -3 from isoharness.toml: an integer from 2 to 100000",
             id="bad-value-in-config-file",
         ),
         pytest.param(
@@ -94,7 +117,7 @@ socket.socket.connect_ex = _refuse
             None,
             ("--duration", "nonsense"),
             "isoharness: error: invalid duration 'nonsense' from --duration: a positive number "
-            "of seconds, or a duration such as 30s, 30m, 8h, 1h30m",
+            "of seconds, or a duration such as 30s, 30m, 8h, 1h30m, at most 720h (30 days)",
             id="bad-duration-flag",
         ),
         pytest.param(
@@ -213,6 +236,28 @@ def test_a_wrong_secret_exits_3_saying_the_handshake_was_refused(tmp_path: Path)
     assert SECRET not in output
     assert read_summary(report)["verdict"] == "error"
     assert leaks(report, {"the secret": wrong.encode()}) == []
+
+
+def test_a_short_signing_secret_is_one_warning_line_and_the_run_goes_on(tmp_path: Path) -> None:
+    short = "short-secret-0123456"  # 20 bytes: pyjwt warns below 32
+    report = tmp_path / "report"
+    proc = run_harness(
+        "run", "--report-dir", str(report), "--users", "4", "--tenants", "2",
+        "--", "-k", "test_users_sending_at_once", "-q",
+        cwd=tmp_path, secret=short,
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert short not in output  # before anything that would print the output
+    assert proc.returncode == 0, output_of(proc)
+    assert read_summary(report)["verdict"] == "pass"
+    assert lines_with(proc.stderr, ["warning"]) == [
+        "isoharness: warning: the JWT signing secret is shorter than 32 bytes (RFC 7518 §3.2); "
+        "sign with 32 or more random bytes, e.g. "
+        "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+    ]
+    assert "warning" not in proc.stdout.lower()  # no Python warning, no pytest warnings summary
+    assert "InsecureKeyLengthWarning" not in output
+    assert leaks(report, {"the secret": short.encode()}) == []
 
 
 # -- help and report ---------------------------------------------------------------------------

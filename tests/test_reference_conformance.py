@@ -746,6 +746,22 @@ def test_a_bad_command_line_is_one_line_and_exit_2(
     assert fragment in err
 
 
+def test_run_as_a_module_it_names_itself_python_m_harness_reference() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.reference", "--jwt-secret", SECRET, "--think-ms", "5"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        "python -m harness.reference: error: argument --think-ms: expected MIN,MAX integers "
+        "with 0 <= MIN <= MAX <= 60000 (e.g. 2,10), got '5'"
+    ]
+
+
 def test_a_missing_secret_is_one_line_and_exit_2() -> None:
     env = {k: v for k, v in os.environ.items() if k != "AEP_JWT_SECRET"}
     proc = subprocess.run(

@@ -3,7 +3,8 @@
 Once listening, prints its base URL (the real bound port) as one line on
 stdout; everything else goes to stderr. SIGINT or SIGTERM shuts it down
 cleanly (exit 0). A bad argument or a missing secret is one line on stderr and
-exit 2.
+exit 2. ``isoharness serve`` is the same command line under its own name, which
+its usage and error lines show.
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ def _leak_kb(text: str) -> int:
     return int(text)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="The AEP/1 reference service.")
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description="The AEP/1 reference service.")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=_port, default=0, help="port to bind; 0 picks a free one")
     parser.add_argument("--jwt-secret", help="HS256 secret (default: $AEP_JWT_SECRET)")
@@ -109,13 +110,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_settings(argv: list[str]) -> tuple[Settings, str, int]:
-    """Turn a command line into settings, host and port.
+def parse_settings(argv: list[str], *, prog: str = PROG) -> tuple[Settings, str, int]:
+    """Turn a command line into settings, host and port (``prog`` names it in ``--help``).
 
     Raises:
         _UsageError: a bad argument, unknown fault or missing secret.
     """
-    args = _parser().parse_args(argv)
+    args = _parser(prog).parse_args(argv)
     for name in args.fault:
         if name not in FAULTS:
             raise _UsageError(f"unknown fault {name!r}; valid faults: {', '.join(FAULTS)}")
@@ -180,17 +181,21 @@ async def serve(settings: Settings, host: str, port: int) -> None:
         await runner.cleanup()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
     """Run the reference service until SIGINT/SIGTERM.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+        prog: the command's name in usage and error lines (``isoharness serve``).
 
     Returns:
         The exit code: 0 after a clean shutdown, 1 when the address cannot be
         bound, 2 for a bad command line or a missing secret.
     """
     try:
-        settings, host, port = parse_settings(sys.argv[1:] if argv is None else argv)
+        settings, host, port = parse_settings(sys.argv[1:] if argv is None else argv, prog=prog)
     except _UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
@@ -207,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(serve(settings, host, port))
     except _ListenError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # SIGINT before the handlers were installed
         return 0
