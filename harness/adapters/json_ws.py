@@ -75,7 +75,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 
 from harness.adapters import AdapterContext, JsonMemoryProbe
-from harness.aep import ErrorFrame, Event, Frame, Malformed, Pong, decode_json
+from harness.aep import CLOSE_UNAUTHORIZED, ErrorFrame, Event, Frame, Malformed, Pong, decode_json
 from harness.canary import CANARY_RE
 from harness.codec import Lifecycle
 from harness.errors import AuthRefused, ConfigError, ProtocolMismatch, TargetError
@@ -88,7 +88,7 @@ AuthMode = Literal["header", "query", "subprotocol", "first_message", "none"]
 
 AUTH_MODES: tuple[AuthMode, ...] = ("header", "query", "subprotocol", "first_message", "none")
 DEFAULT_AUTH_TIMEOUT_S = 10.0
-REFUSAL_CLOSE_CODES = frozenset({1008, 4001, 4003, 4401, 4403})
+REFUSAL_CLOSE_CODES = frozenset({1008, 4001, 4003, CLOSE_UNAUTHORIZED, 4403})
 """Close codes that, right after the auth message, mean the credentials were refused."""
 
 MESSAGE_PLACEHOLDERS = ("message_id", "thread_id", "content", "canary")

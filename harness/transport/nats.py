@@ -15,9 +15,9 @@ the subject the channel's ``route`` picks for it.
 patterns are tried in order (widest first) and each is confirmed with a
 round trip (``SUB`` then ``PING``: the server answers a refused ``SUB`` with
 ``-ERR 'Permissions Violation …'`` before the ``PONG``), so the channel ends
-with the first accepted pattern and every refusal in :attr:`NatsChannel.refused`.
-On a correctly configured server the wide attempts are refused; that is
-expected and is not an error. Publishes outside the user's subjects are tried
+with the first accepted pattern in :attr:`NatsChannel.subscription`. On a
+correctly configured server the wide attempts are refused; that is expected
+and is not an error. Publishes outside the user's subjects are tried
 the same way, each with its answer in :attr:`NatsChannel.outside_attempts`
 (the harness reports one the server let through). A refused publish of the
 user's own message after that is a target fault: it arrives as a
@@ -62,8 +62,6 @@ class NatsChannel:
 
     Attributes:
         subscription: the subscription pattern the server accepted.
-        refused: the server's refusals of the wide subscription and outside
-            publish attempts, in order (expected on a correct server).
         outside_attempts: every outside publish tried, with the server's answer.
     """
 
@@ -77,7 +75,6 @@ class NatsChannel:
         self._violations: list[str] = []
         self._setting_up = True
         self.subscription: str | None = None
-        self.refused: list[str] = []
         self.outside_attempts: list[OutsideAttempt] = []
 
     # -- callbacks from nats-py ------------------------------------------------------------------
@@ -150,7 +147,6 @@ class NatsChannel:
             if refusal is None:
                 self.subscription = pattern
                 return
-            self.refused.append(refusal)
             await sub.unsubscribe()
         raise AuthRefused(
             _public(self._url),
@@ -158,18 +154,11 @@ class NatsChannel:
             "the user must be allowed to subscribe to at least its own subjects",
         )
 
-    @property
-    def accepted_outside(self) -> list[str]:
-        """The outside publish subjects the server did not refuse."""
-        return [attempt.target for attempt in self.outside_attempts if attempt.accepted]
-
     async def _publish_outside(self, attempts: Sequence[OutsidePublish], timeout_s: float) -> None:
         for subject, text, owner in attempts:
             before = len(self._violations)
             await self._client.publish(subject, text.encode())
             refusal = await self._refused(before, subject, timeout_s)
-            if refusal is not None:
-                self.refused.append(refusal)
             self.outside_attempts.append(
                 OutsideAttempt(subject, owner, accepted=refusal is None, answer=refusal or "")
             )
