@@ -20,22 +20,37 @@ the owner instead (``n`` = 0) and is attributed only where that user is known
 Canaries use only ``[a-z2-7]``, which JSON never escapes, so a search of the
 raw frame text finds them wherever the service put them, even in fields the
 harness does not know about or after the service rewrote the owner tags.
+
+A service may also change what it repeats. :meth:`CanaryBook.marks` finds a
+canary whose case was changed (``upper()``, ``title()``: base32 ignores case,
+and the MAC is still checked), and one cut short, as in a preview of a message
+("the first 40 characters"). A cut canary has lost its MAC; it is attributed
+only when it is the beginning of a real canary of this run: the owner's own,
+minted again with the run key when the cut kept the whole owner, or else one
+this process knows (it drives that user or saw its canary whole). A cut that
+could be the receiver's own canary is never attributed to anyone else.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import hashlib
 import hmac
 import re
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 from harness.types import TenantId, UserId, UserKey
 
 CANARY_RE = re.compile(r"iso[a-z2-7]{24,}")
 """Matches anything shaped like a canary (and what follows in the same alphabet);
 :meth:`CanaryBook.find` decodes and authenticates each match."""
+
+ANY_CASE_RE = re.compile(r"iso[a-z2-7]{24,}", re.IGNORECASE)
+""":data:`CANARY_RE` for text whose case a service may have changed (slower: no literal
+prefix to search for)."""
 
 MAX_OWNER_BYTES = 48
 """Longest ``tenant`` + ``user`` (UTF-8 bytes) a canary carries in clear; at most
@@ -112,6 +127,56 @@ def decode_canary(run_key: bytes, text: str) -> tuple[str, UserKey | None] | Non
     return canary, owner
 
 
+def recased(text: str) -> bool:
+    """Whether ``text`` may hold a canary whose case was changed.
+
+    A cheap necessary condition for the usual changes: ``upper()`` and
+    ``swapcase()`` give ``ISO…``, ``title()`` and ``capitalize()`` ``Iso…``.
+    """
+    # Each "I" found by memchr, not a search for "ISO" and "Iso": this runs on every
+    # batch of frames, and nearly all have no capital I at all.
+    at = text.find("I")
+    while at >= 0:
+        if text[at + 1 : at + 3] in ("SO", "so"):
+            return True
+        at = text.find("I", at + 1)
+    return False
+
+
+def _owner_in(blob: bytes) -> UserKey | None:
+    """The owner a canary's decoded bytes carry in clear, if they hold all of it."""
+    n = blob[0] if blob else 0
+    if n < 2 or n > 1 + MAX_OWNER_BYTES or len(blob) < 1 + n:
+        return None
+    split = 2 + blob[1]
+    if split > 1 + n:
+        return None
+    try:
+        return UserKey(TenantId(blob[2:split].decode()), UserId(blob[split : 1 + n].decode()))
+    except UnicodeDecodeError:
+        return None
+
+
+class Mark(NamedTuple):
+    """A user's canary found in a text, whole or cut short (:meth:`CanaryBook.marks`)."""
+
+    found: str
+    """The text as it was found (its case may differ from the canary's)."""
+    owners: tuple[UserKey, ...]
+    """Whose it is: one user, or for a cut canary every user of this process
+    whose canary begins so (the cut left too little to tell them apart)."""
+    whole: bool
+    """The whole canary, MAC checked; ``False``: its beginning only."""
+
+    @property
+    def signal(self) -> str:
+        """How it was found, for a witness: ``canary``, or how the service changed it."""
+        recased = self.found != self.found.lower()
+        if not self.whole:
+            return "canary cut short" + (", case changed" if recased else "")
+        return "canary, case changed" if recased else "canary"
+
+
 class CanaryBook:
     """The canaries of one run and the users they belong to.
 
@@ -127,6 +192,9 @@ class CanaryBook:
         self._owners: dict[str, UserKey] = {}
         #: The users this process minted or registered (the users it drives).
         self._canaries: dict[UserKey, str] = {}
+        #: ``_owners``' canaries in order, to look a cut canary up by its beginning
+        #: (rebuilt when ``_owners`` has grown; cut canaries are rare).
+        self._sorted: list[str] = []
 
     def canary_for(self, owner: UserKey) -> str:
         """The canary of ``owner``, registering the user on first use."""
@@ -160,13 +228,23 @@ class CanaryBook:
         return decoded[1]
 
     def find(self, text: str) -> Iterator[tuple[str, UserKey]]:
-        """Yield ``(canary, owner)`` for every authentic canary in ``text``, once each."""
+        """Yield ``(canary, owner)`` for every authentic canary in ``text``, once each.
+
+        Canaries whose case was changed are found too (:func:`recased`); the
+        canary yielded is the owner's own, in lower case.
+        """
+        for _, canary, owner in self._whole(text):
+            yield canary, owner
+
+    def _whole(self, text: str) -> Iterator[tuple[str, str, UserKey]]:
+        """``(as found, canary, owner)`` for every authentic canary in ``text``, once each."""
         seen: set[str] = set()
         owners = self._owners
-        search = CANARY_RE.search
+        recase = recased(text)
+        search = ANY_CASE_RE.search if recase else CANARY_RE.search
         match = search(text)
         while match is not None:
-            candidate = match.group()
+            candidate = match.group().lower() if recase else match.group()
             # The common case: the canary ends where the alphabet does ("…-m3", "… note").
             owner = owners.get(candidate)
             canary = candidate
@@ -185,8 +263,56 @@ class CanaryBook:
                 continue
             if canary not in seen:
                 seen.add(canary)
-                yield canary, owner
+                start = match.start()
+                yield text[start : start + len(canary)], canary, owner
             match = search(text, match.start() + len(canary))
+
+    def marks(self, text: str) -> Iterator[Mark]:
+        """Yield every canary of this run in ``text``, whole or cut short, once each.
+
+        Whole canaries are :meth:`find`'s. A canary-shaped run of characters that
+        is not one (:data:`CANARY_RE`: at least 27 characters) is the beginning of
+        a canary when the owner it carries in clear, minted again, begins with it,
+        or else when canaries this process knows begin with it (their owners, all
+        of them). Anything else is ignored: garbled, forged, another run's.
+        """
+        whole = list(self._whole(text))
+        for found, _, owner in whole:
+            yield Mark(found, (owner,), True)
+        recase = recased(text)
+        seen = {canary for _, canary, _ in whole}
+        for match in (ANY_CASE_RE if recase else CANARY_RE).finditer(text):
+            cut = match.group().lower()
+            if any(canary.startswith(cut) or cut.startswith(canary) for canary in seen):
+                continue  # a whole canary (and what follows it), or a cut one seen already
+            owners = self._owners_of_cut(cut)
+            if owners:
+                seen.add(cut)
+                yield Mark(match.group(), owners, False)
+
+    def _owners_of_cut(self, cut: str) -> tuple[UserKey, ...]:
+        """Whose canary begins with ``cut`` (lower case, not a whole canary)."""
+        try:
+            blob = base64.b32decode(_padded(cut[3:]).upper())
+        except (binascii.Error, ValueError):
+            blob = b""
+        owner = _owner_in(blob)
+        if owner is not None:
+            canary = mint_canary(self._key, owner)
+            return (owner,) if canary.startswith(cut) else ()
+        if len(self._sorted) != len(self._owners):
+            self._sorted = sorted(self._owners)
+        found: dict[UserKey, None] = {}
+        at = bisect.bisect_left(self._sorted, cut)
+        while at < len(self._sorted) and self._sorted[at].startswith(cut):
+            found[self._owners[self._sorted[at]]] = None
+            at += 1
+        return tuple(found)
 
     def __len__(self) -> int:
         return len(self._canaries)
+
+
+def _padded(chars: str) -> str:
+    """Whole 8-character base32 blocks of ``chars`` (a partial last block dropped)."""
+    return chars[: len(chars) - len(chars) % 8]

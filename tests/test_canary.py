@@ -114,3 +114,55 @@ def test_every_owner_round_trips(tenant, user):
     decoded = decode_canary(KEY, canary + "zz")
     expected = owner if len(tenant.encode()) + len(user.encode()) <= MAX_OWNER_BYTES else None
     assert decoded == (canary, expected)
+
+
+# -- a service may change a canary's case or cut it short (a preview) -------------------------
+
+
+def test_a_canary_whose_case_was_changed_is_found_and_named_in_lower_case():
+    book = CanaryBook(KEY)
+    canary = mint_canary(KEY, ALICE)
+    for changed in (canary.upper(), canary.title(), canary.capitalize(), canary.swapcase()):
+        assert list(book.find(f"NOTE: {changed} SAID HI")) == [(canary, ALICE)], changed
+
+
+def test_a_forged_canary_stays_ignored_in_any_case():
+    canary = mint_canary(KEY, ALICE)
+    forged = canary[:-1] + ("a" if canary[-1] != "a" else "b")
+    assert list(CanaryBook(KEY).find(forged.upper())) == []
+
+
+def test_a_canary_cut_after_its_owner_is_attributed_by_minting_it_again():
+    # Another worker's user: this book never saw the canary whole, the cut names its owner.
+    canary = mint_canary(KEY, ALICE)
+    cut = canary[:30]  # "iso", acme/alice in 18 characters, then 9 of the MAC's 22
+    assert [tuple(m) for m in CanaryBook(KEY).marks(f"preview: {cut}…")] == [(cut, (ALICE,), False)]
+    assert [tuple(m) for m in CanaryBook(KEY).marks(f"PREVIEW: {cut.upper()}")] == [
+        (cut.upper(), (ALICE,), False)
+    ]
+
+
+def test_a_cut_that_is_not_the_beginning_of_the_owners_canary_is_ignored():
+    canary = mint_canary(KEY, ALICE)
+    cut = canary[:-4]
+    wrong = cut[:-1] + ("a" if cut[-1] != "a" else "b")
+    assert list(CanaryBook(KEY).marks(wrong)) == []
+    assert list(CanaryBook(b"x" * 32).marks(cut)) == []  # another run's
+
+
+def test_a_cut_too_short_to_name_its_owner_names_every_known_user_it_could_be():
+    book = CanaryBook(KEY)
+    u1, u2 = (UserKey(TenantId("acme-staging"), UserId(f"user-000{i}")) for i in (1, 2))
+    c1, c2 = book.canary_for(u1), book.canary_for(u2)
+    common = next(i for i, (a, b) in enumerate(zip(c1, c2, strict=False)) if a != b)
+    assert common >= 27  # the tenant and most of the user are in clear, in both
+    assert [m.owners for m in book.marks(c1[:common])] == [(u1, u2)]
+    assert [m.owners for m in book.marks(c1[: common + 1])] == [(u1,)]
+    assert list(CanaryBook(KEY).marks(c1[:common])) == []  # users this process does not know
+
+
+def test_marks_report_a_whole_canary_once_and_not_again_as_cut():
+    book = CanaryBook(KEY)
+    a, b = mint_canary(KEY, ALICE), mint_canary(KEY, BOB)
+    text = f"{a} {a[:40]} {b}-m1 {a}"
+    assert sorted((m.found, m.whole) for m in book.marks(text)) == sorted([(a, True), (b, True)])

@@ -8,7 +8,7 @@ import pytest
 from harness.aep import decode_batch
 from harness.oracles.cross_delivery import CrossDeliveryOracle, check_outside_write
 from harness.recording import OutsideWrite, ReceivedBatch
-from harness.types import ConnectionId, DeliveryPolicy, ViolationKind
+from harness.types import ConnectionId, DeliveryPolicy, TenantId, UserId, UserKey, ViolationKind
 from tests.builders import ALICE, BOB, EVE, SCENARIO, book, event, lifecycle, received
 
 
@@ -110,6 +110,61 @@ def test_an_iso_that_starts_no_canary_next_to_ones_own_is_not_a_violation(oracle
     assert oracle.check_batch(batch_of(BOB, lifecycle(BOB, f"{bob}-m1", f"{bob} hi"))) == []
     words = f"{bob} isolation isotope iso{bob[3:-1]}"  # the last: the canary, cut short
     assert oracle.check_batch(batch_of(BOB, lifecycle(BOB, f"{bob}-m2", words))) == []
+
+
+# -- a service may repeat another user's data changed: upper-cased, or cut to a preview -------
+
+
+def leaked_to_bob(oracle, text: str) -> list:
+    """Findings for a batch of BOB's own run (after one clean batch) whose thought says ``text``."""
+    bob = book().canary_for(BOB)
+    assert oracle.check_batch(batch_of(BOB, lifecycle(BOB, f"{bob}-m1", f"{bob} hi"))) == []
+    run = lifecycle(BOB, f"{bob}-m2", f"{bob} hi")
+    run[1]["data"]["thought"] = text
+    return oracle.check_batch(batch_of(BOB, run))
+
+
+def test_another_users_canary_upper_cased_is_a_leak(oracle):
+    alice = book().canary_for(ALICE)
+    [finding] = leaked_to_bob(oracle, f"RECENT: {alice.upper()} NOTE 1")
+    assert (finding.victim, finding.owner) == (BOB, ALICE)
+    assert finding.evidence["signal"] == "canary, case changed"
+    assert finding.evidence["canary"] == alice.upper()
+    assert finding.evidence["field"] == "data.thought"
+
+
+def test_another_users_canary_cut_to_a_preview_is_a_leak(oracle):
+    alice = book().canary_for(ALICE)
+    for preview, signal in (
+        (alice[:30], "canary cut short"),
+        (alice[:30].title(), "canary cut short, case changed"),
+    ):
+        [finding] = leaked_to_bob(oracle, f"recent activity: {preview}…")
+        assert (finding.victim, finding.owner, finding.evidence["signal"]) == (BOB, ALICE, signal)
+        assert finding.evidence["canary"] == preview
+
+
+def test_ones_own_canary_cut_or_upper_cased_is_not_a_leak(oracle):
+    bob = book().canary_for(BOB)
+    assert leaked_to_bob(oracle, f"you said: {bob[:30]}… ({bob.upper()})") == []
+
+
+def test_a_cut_that_may_be_the_receivers_own_canary_is_not_a_leak():
+    # Two users whose canaries begin alike: a cut too short to tell them apart.
+    alike = [UserKey(TenantId("acme-staging"), UserId(f"user-000{i}")) for i in (1, 2)]
+    canaries = book()
+    one, two = (canaries.canary_for(user) for user in alike)
+    common = next(i for i, (a, b) in enumerate(zip(one, two, strict=False)) if a != b)
+    oracle = CrossDeliveryOracle(canaries, policy=DeliveryPolicy.OWNER_ONLY, seed=7)
+    for receiver in (alike[0], BOB):
+        obj = event(receiver, "m1", "agent_thinking", 2, data={"thought": one[:common]})
+        findings = oracle.check(received(receiver, obj))
+        if receiver == BOB:  # a third user: whichever of the two it was, not BOB's
+            [finding] = findings
+            assert finding.evidence["signal"] == "canary cut short"
+            assert finding.evidence["owners"] == [str(user) for user in alike]
+        else:
+            assert findings == []
 
 
 def outside_write(writer, owner, *, accepted: bool) -> OutsideWrite:

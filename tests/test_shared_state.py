@@ -52,6 +52,22 @@ def test_another_users_canary_in_an_answer_is_shared_state():
     assert finding.evidence["path"] == "/api/state/profile"
 
 
+def test_a_preview_of_another_users_value_is_shared_state_and_of_ones_own_is_not():
+    body = f'{{"threads": [{{"preview": "{A[:30].upper()}…"}}]}}'
+    [finding] = check_exchange(
+        exchange(BOB, "/api/threads", 200, body), book(), policy=POLICY, seed=1
+    )
+    assert (finding.victim, finding.owner) == (BOB, ALICE)
+    assert (finding.evidence["signal"], finding.evidence["canary"]) == (
+        "canary cut short, case changed",
+        A[:30].upper(),
+    )
+    assert (
+        check_exchange(exchange(ALICE, "/api/threads", 200, body), book(), policy=POLICY, seed=1)
+        == []
+    )
+
+
 def test_a_refusal_under_positive_controls_is_isolated():
     outcome, _, finding = judge_cross_probe(probe(404), policy=POLICY, seed=1)
     assert (outcome, finding) == (ProbeOutcome.ISOLATED, None)

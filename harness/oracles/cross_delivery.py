@@ -6,7 +6,9 @@ is seen even when the service rewrote the tags on the leaked event:
 
 * the frame's owner tags (``user_id``/``tenant_id``) name another user;
 * the raw frame text carries another user's canary anywhere — in the content,
-  the ``message_id``, a ``history`` entry, or a field nobody knew about.
+  the ``message_id``, a ``history`` entry, or a field nobody knew about — even
+  with its case changed or cut short, as in a preview
+  (:meth:`~harness.canary.CanaryBook.marks`).
 
 A protocol without owner tags (its codec decodes events with ``user_id``
 ``None``) is judged by the canaries alone: every message a user sends carries
@@ -24,7 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from harness.aep import Event, Malformed, decode_json
-from harness.canary import CanaryBook
+from harness.canary import CanaryBook, Mark, recased
 from harness.findings import Finding
 from harness.oracles.policy import permitted
 from harness.oracles.witness import clip, iso_time, locate
@@ -88,11 +90,14 @@ class CrossDeliveryOracle:
         tag_owner = self._tag_owner(rec, parsed_obj)
         if tag_owner is not None and not permitted(self._policy, tag_owner, rec.receiver):
             owners[tag_owner] = {"signal": "owner tags", "field": "user_id/tenant_id"}
-        for canary, owner in self._canaries.find(rec.raw):
-            if owner in owners or permitted(self._policy, owner, rec.receiver):
+        for mark in self._canaries.marks(rec.raw):
+            owner = mark.owners[0]
+            if owner in owners or not self._foreign_mark(mark, rec.receiver):
                 continue
-            field = locate(parsed_obj(), canary) or "raw frame"
-            owners[owner] = {"signal": "canary", "canary": canary, "field": field}
+            field = locate(parsed_obj(), mark.found) or "raw frame"
+            owners[owner] = {"signal": mark.signal, "canary": mark.found, "field": field}
+            if len(mark.owners) > 1:
+                owners[owner]["owners"] = [str(o) for o in mark.owners]
         for owner, how in owners.items():
             findings.append(self._finding(rec, owner, how, parsed_obj()))
         return findings
@@ -133,18 +138,22 @@ class CrossDeliveryOracle:
             # every "iso" in the text starts a copy of the receiver's own canary
             # (which has no "iso" inside), every canary in it is that one: the
             # usual batch, settled by one search instead of a scan of each copy.
-            if foreign is None or foreign(text) is not None:
-                for canary, owner in self._canaries.find(text):
-                    if owner == receiver:
+            # A canary whose case a service changed starts otherwise (``recased``).
+            if foreign is None or foreign(text) is not None or recased(text):
+                for mark in self._canaries.marks(text):
+                    if mark.owners == (receiver,):
+                        canary = mark.found
                         if (
                             foreign is None
+                            and mark.whole
+                            and canary.islower()  # as minted, not recased
                             and CANARY_PREFIX not in canary[1:]
                             and len(self._foreign) < MAX_RECEIVERS
                         ):
                             # An "iso" that does not start the receiver's canary.
                             pattern = "iso(?!" + re.escape(canary[len(CANARY_PREFIX) :]) + ")"
                             self._foreign[receiver] = re.compile(pattern).search
-                    elif not permitted(self._policy, owner, receiver):
+                    elif self._foreign_mark(mark, receiver):
                         suspect = True
                         break
         if not suspect:
@@ -153,6 +162,17 @@ class CrossDeliveryOracle:
         for rec in batch.records():
             findings += self.check(rec)
         return findings
+
+    def _foreign_mark(self, mark: Mark, receiver: UserKey) -> bool:
+        """Whether ``mark`` proves ``receiver`` got data it may not see.
+
+        A cut canary that could be the receiver's own, or any user's the policy
+        lets the receiver see, proves nothing.
+        """
+        return all(
+            owner != receiver and not permitted(self._policy, owner, receiver)
+            for owner in mark.owners
+        )
 
     def _tag_owner(self, rec: Received, parsed_obj: Any) -> UserKey | None:
         frame = rec.frame

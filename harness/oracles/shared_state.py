@@ -75,11 +75,25 @@ def _evidence(ex: HttpExchange, seed: int) -> dict[str, Any]:
 def check_exchange(
     ex: HttpExchange, canaries: CanaryBook, *, policy: DeliveryPolicy, seed: int
 ) -> list[Finding]:
-    """One finding per foreign owner whose canary is in the answer's body."""
+    """One finding per foreign owner whose canary is in the answer's body.
+
+    Changed case and cut canaries count too (:meth:`CanaryBook.marks`); a cut
+    that could be the reader's own, or another's it may read, does not.
+    """
     findings = []
-    for canary, owner in canaries.find(ex.body):
-        if permitted(policy, owner, ex.user):
+    reported: set[UserKey] = set()
+    for mark in canaries.marks(ex.body):
+        owner = mark.owners[0]
+        if owner in reported or any(
+            o == ex.user or permitted(policy, o, ex.user) for o in mark.owners
+        ):
             continue
+        reported.add(owner)
+        how: dict[str, Any] = {"canary": mark.found}
+        if mark.signal != "canary":
+            how["signal"] = mark.signal
+        if len(mark.owners) > 1:
+            how["owners"] = [str(o) for o in mark.owners]
         where = "another tenant's" if owner.tenant != ex.user.tenant else "another user's"
         findings.append(
             Finding(
@@ -88,7 +102,7 @@ def check_exchange(
                 victim=ex.user,
                 owner=owner,
                 detail=f"{ex.user} read {where} data (owner {owner}) from {ex.method} {ex.path}",
-                evidence=_evidence(ex, seed) | {"canary": canary},
+                evidence=_evidence(ex, seed) | how,
             )
         )
     return findings
