@@ -36,6 +36,9 @@ FAULTS = [
     "duplicate_event",
     "out_of_order",
     "gauge_stuck",
+    "error_echo",
+    "message_id_cache",
+    "undo_buffer",
 ]
 
 

@@ -46,6 +46,38 @@ def user_message(*, message_id: str, thread_id: str, content: str) -> str:
     return orjson.dumps(frame).decode()
 
 
+BAD_FRAME_KINDS = ("missing_thread_id", "unknown_type")
+"""The kinds of :func:`bad_frame`."""
+
+
+def bad_frame(kind: str, *, message_id: str, thread_id: str, content: str) -> str:
+    """The text of a client frame AEP/1 §3 makes a bad frame, carrying ``content``.
+
+    ``missing_thread_id``: a ``user_message`` without its ``thread_id``;
+    ``unknown_type``: a frame of the unknown type ``user_note`` with every
+    ``user_message`` field. A conforming service answers either with
+    ``{"type": "error", "code": "bad_request", "message": ...}``, keeps the
+    connection open, and starts no run.
+
+    Raises:
+        ValueError: ``kind`` is not one of :data:`BAD_FRAME_KINDS`.
+    """
+    frame: dict[str, str]
+    if kind == "missing_thread_id":
+        frame = {"type": "user_message", "message_id": message_id, "content": content}
+    elif kind == "unknown_type":
+        frame = {
+            "type": "user_note",
+            "message_id": message_id,
+            "thread_id": thread_id,
+            "content": content,
+        }
+    else:
+        kinds = ", ".join(BAD_FRAME_KINDS)
+        raise ValueError(f"unknown bad frame kind {kind!r}; use one of: {kinds}")
+    return orjson.dumps(frame).decode()
+
+
 class Event(msgspec.Struct, frozen=True, gc=False):
     """A lifecycle event, every field present and of the right JSON type.
 

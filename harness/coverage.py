@@ -19,6 +19,9 @@ CONDITIONS: tuple[str, ...] = (
     "cross_user_probes",
     "same_path_concurrent_reads",
     "requests_cancelled_mid_flight",
+    "bad_frames_interleaved",
+    "shared_message_ids",
+    "reads_after_delete",
 )
 """Every condition a scenario can declare, in report order."""
 
@@ -31,6 +34,14 @@ DESCRIPTIONS: dict[str, str] = {
     "same_path_concurrent_reads": "reads of one path by different users at the same moment",
     "requests_cancelled_mid_flight": (
         "HTTP requests abandoned before their answer while others read"
+    ),
+    "bad_frames_interleaved": (
+        "frames the target must refuse, carrying their sender's canary, sent while another "
+        "user's run was in flight"
+    ),
+    "shared_message_ids": "message ids used by more than one user",
+    "reads_after_delete": (
+        "reads of a state key by its owner just after deleting it, a key other users also wrote"
     ),
 }
 
@@ -47,6 +58,22 @@ def count_overlapping(intervals: Sequence[tuple[Hashable, float, float]]) -> int
             if other != owner and other_end > start:
                 overlapping[i] = overlapping[j] = True
     return sum(overlapping)
+
+
+def count_during(
+    points: Iterable[tuple[Hashable, float]], intervals: Sequence[tuple[Hashable, float, float]]
+) -> int:
+    """How many ``(owner, time)`` points fall inside an interval of another owner."""
+    ordered = sorted(intervals, key=lambda item: item[1])
+    count = 0
+    for owner, at in points:
+        for other, start, end in ordered:
+            if start >= at:
+                break
+            if other != owner and end > at:
+                count += 1
+                break
+    return count
 
 
 def shared_identifiers(uses: Iterable[tuple[Hashable, str]]) -> int:

@@ -48,6 +48,11 @@ SWEEP_EVERY = 500
 SWEEP_INTERVAL_S = 0.1
 """… and the least time between them (settled runs are kept for a second anyway)."""
 
+UNANSWERED = (
+    "frames the target must refuse (AEP/1 §3) that got no bad_request error frame within "
+    "the lifecycle timeout while their connection stayed open"
+)
+
 UNRESPONSIVE = (
     "runs that got no event at all while their connection received nothing for the whole "
     "lifecycle timeout: the target stopped answering"
@@ -182,6 +187,8 @@ class Run:
         self._records_since_sweep = 0
         self._last_sweep = 0.0
         self._connections = 0
+        # Error frames expected on each open connection: replies to its bad frames.
+        self._rejections_due: dict[ConnectionId, int] = {}
 
     def use_codec(self, codec: Codec) -> None:
         """Judge by ``codec`` from now on (before any message is sent).
@@ -253,7 +260,7 @@ class Run:
             elif isinstance(frame, Malformed):
                 self.error("protocol_error", frame.reason, clip(batch.received[index][0], 512))
             elif isinstance(frame, ErrorFrame):
-                self.error("target_rejected_frame", f"{frame.code}: {frame.message}"[:200])
+                self._on_error_frame(batch.connection, frame)
         self._records_since_sweep += count
         if self._records_since_sweep >= SWEEP_EVERY:
             self._records_since_sweep = 0
@@ -280,13 +287,14 @@ class Run:
             elif isinstance(frame, Malformed):
                 self.error("protocol_error", frame.reason, clip(rec.raw, 512))
             elif isinstance(frame, ErrorFrame):
-                self.error("target_rejected_frame", f"{frame.code}: {frame.message}"[:200])
+                self._on_error_frame(rec.connection, frame)
         elif isinstance(rec, Opened):
             self.counts["connections"] += 1
             if rec.user not in self.users:
                 self.users.add(rec.user)
         elif isinstance(rec, Closed):
             self.add_findings(self._lifecycle.on_closed(rec))
+            self._rejections_due.pop(rec.connection, None)  # cut: no reply is owed any more
             if rec.initiator == "injected":
                 self.counts["connections_cut_by_injected_faults"] += 1
             elif rec.initiator != "client":
@@ -314,6 +322,32 @@ class Run:
             if self.clock.mono() - self._last_sweep >= SWEEP_INTERVAL_S:
                 self.sweep()
 
+    def expect_rejection(self, connection: ConnectionId) -> None:
+        """A frame the target must refuse was sent on ``connection``: expect its error frame.
+
+        AEP/1 §3: a bad frame gets ``{"type": "error", "code": "bad_request"}`` and the
+        connection stays open. That reply is counted in ``counts["bad_frames_rejected"]``,
+        not as a ``target_rejected_frame`` error; a connection judged while open
+        (:meth:`judge_connection`) with a reply still missing counts a
+        ``bad_frame_unanswered`` error per missing reply. Call before sending.
+        """
+        self._rejections_due[connection] = self._rejections_due.get(connection, 0) + 1
+
+    def rejections_due(self, connection: ConnectionId) -> int:
+        """Error frames still owed to the bad frames sent on ``connection`` while it is open."""
+        return self._rejections_due.get(connection, 0)
+
+    def _on_error_frame(self, connection: ConnectionId, frame: ErrorFrame) -> None:
+        due = self._rejections_due.get(connection, 0)
+        if due and frame.code == "bad_request":
+            if due == 1:
+                del self._rejections_due[connection]
+            else:
+                self._rejections_due[connection] = due - 1
+            self.counts["bad_frames_rejected"] += 1
+        else:
+            self.error("target_rejected_frame", f"{frame.code}: {frame.message}"[:200])
+
     def sweep(self) -> None:
         """Judge runs that have settled or timed out."""
         self._records_since_sweep = 0
@@ -321,12 +355,16 @@ class Run:
         self.add_findings(self._lifecycle.sweep(now))
 
     def judge_connection(self, connection: ConnectionId) -> None:
-        """Judge the runs of a connection that is still open (before the harness closes it)."""
+        """Judge the runs of a connection that is still open (before the harness closes it),
+        and the replies owed to its bad frames (see :meth:`expect_rejection`)."""
         self.add_findings(self._lifecycle.finish_connection(connection, self.clock.mono()))
+        for _ in range(self._rejections_due.pop(connection, 0)):
+            self.error("bad_frame_unanswered", UNANSWERED)
 
     def abandon_connection(self, connection: ConnectionId) -> None:
         """Stop waiting for an open connection's unfinished runs (see :attr:`runs_abandoned`)."""
         self.add_findings(self._lifecycle.abandon_connection(connection, self.clock.mono()))
+        self._rejections_due.pop(connection, None)
 
     @property
     def runs_abandoned(self) -> int:
@@ -336,6 +374,7 @@ class Run:
     def finish_lifecycles(self) -> None:
         """Judge every run still tracked (end of a scenario: connections are closed)."""
         self.add_findings(self._lifecycle.finish(self.clock.mono()))
+        self._rejections_due.clear()
 
     @property
     def runs_cut(self) -> int:

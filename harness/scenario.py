@@ -40,9 +40,15 @@ STATE_CONDITIONS = (
     "same_path_concurrent_reads",
     "cross_user_probes",
     "requests_cancelled_mid_flight",
+    "reads_after_delete",
 )
 """Conditions only the HTTP state API creates (adapters with ``"http_state"``)."""
+BAD_FRAME_CONDITIONS = ("bad_frames_interleaved",)
+"""Conditions only bad frames create (adapters with ``"bad_frames"``)."""
+MIXED_LOAD_BAD_FRAMES = 0.3
+"""The share of the mixed load's sessions that also send a bad frame."""
 ThreadIds = Literal["private", "shared"] | str
+MessageIds = Literal["private", "shared"]
 
 
 class Inconclusive(HarnessError):
@@ -216,6 +222,13 @@ class Scenario:
     def _lacks(self, capability: str) -> str:
         return f"the {self.adapter.name} adapter has no {capability!r}"
 
+    def _can_send_bad_frames(self) -> bool:
+        """Whether the adapter has ``"bad_frames"``; if not, stop requiring what they create."""
+        if workloads.BAD_FRAMES in self.adapter.capabilities:
+            return True
+        self._waive(BAD_FRAME_CONDITIONS, self._lacks(workloads.BAD_FRAMES))
+        return False
+
     def _waive_for_instant_runs(self, names: Sequence[str]) -> None:
         """A one-event run ends as it starts: nothing is in flight to cut or to overlap.
 
@@ -270,18 +283,36 @@ class Scenario:
         messages: int | None = None,
         connections: int | None = None,
         thread_ids: ThreadIds = "private",
+        message_ids: MessageIds = "private",
+        bad_frames: bool = False,
     ) -> int:
         """Every user sends ``messages`` messages at once over ``connections`` connections.
 
         ``thread_ids``: ``"private"`` (each user its own threads), ``"shared"``
         (every user uses the same thread ids ``main``, ``t1`` …) or one literal
-        thread id for all. Returns the number of messages sent.
+        thread id for all. ``message_ids``: ``"private"`` (each id carries its
+        user's canary) or ``"shared"`` (every user's ``n``-th message is
+        ``shared-m<n>``; the content still carries the canary). ``bad_frames``:
+        every user also sends a frame the target must refuse, while the others'
+        runs are in flight; for an adapter without ``"bad_frames"`` none is sent
+        and ``bad_frames_interleaved`` is not required. Returns the number of
+        messages sent.
         """
         n = self.sizes.messages_per_user if messages is None else messages
         c = self.sizes.connections_per_user if connections is None else connections
         thread_of = _threads(thread_ids)
+        shared_ids = message_ids == "shared"
+        refuse = bad_frames and self._can_send_bad_frames()
         sent = self._loop(
-            lambda env: workloads.chat(env, users, messages=n, connections=c, thread_of=thread_of)
+            lambda env: workloads.chat(
+                env,
+                users,
+                messages=n,
+                connections=c,
+                thread_of=thread_of,
+                shared_ids=shared_ids,
+                bad_frames=refuse,
+            )
         )
         return len(sent)
 
@@ -373,18 +404,24 @@ class Scenario:
     def mixed_load(
         self, users: Sequence[SimUser], *, duration_s: float | None = None, key: str = "profile"
     ) -> None:
-        """Churn, simultaneous same-path reads and cross-user probes together for ``duration_s``.
+        """Churn, simultaneous same-path reads, deletes and re-reads of state, thread
+        listings and cross-user probes together for ``duration_s``; some sessions also
+        send a frame the target must refuse.
 
         Without the adapter's ``"http_state"`` it is the churn alone, and the
-        conditions only the state API creates are not required of the scenario.
+        conditions only the state API creates are not required of the scenario;
+        without ``"bad_frames"`` no bad frame is sent.
         """
         self._waive_for_instant_runs(CHURN_CONDITIONS)
         if workloads.HTTP_STATE not in self.adapter.capabilities:
             self._waive(STATE_CONDITIONS, self._lacks(workloads.HTTP_STATE))
+        bad_frames = MIXED_LOAD_BAD_FRAMES if self._can_send_bad_frames() else 0.0
         duration = self.sizes.duration_s if duration_s is None else duration_s
         rate = self.sizes.rate
         self._loop(
-            lambda env: workloads.mixed_load(env, users, duration_s=duration, rate=rate, key=key),
+            lambda env: workloads.mixed_load(
+                env, users, duration_s=duration, rate=rate, key=key, bad_frames=bad_frames
+            ),
             budget_s=duration,
         )
 

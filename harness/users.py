@@ -90,14 +90,29 @@ class SimUser:
         self.canary = canary
         self.rng = rng
         self._messages = 0
+        self._bad_frames = 0
 
-    def next_message(self, thread_id: str) -> tuple[str, str]:
-        """A new ``(message_id, content)``; both carry the canary."""
+    def next_message(self, thread_id: str, *, shared_id: bool = False) -> tuple[str, str]:
+        """A new ``(message_id, content)``; both carry the canary.
+
+        With ``shared_id`` the id is ``shared-m<n>``, the one every user gives its
+        ``n``-th message: ids are unique among one user's messages only, as they
+        are when clients cannot coordinate them (AEP/1 §3, read as thread ids are).
+        The content still carries the canary.
+        """
         self._messages += 1
         n = self._messages
-        message_id = f"{self.canary}-m{n}"
+        message_id = f"shared-m{n}" if shared_id else f"{self.canary}-m{n}"
         content = f"{self.canary} note {n} from {self.identity.name} about {thread_id}"
         return message_id, content
+
+    def next_bad_frame(self) -> tuple[str, str]:
+        """The ``(message_id, content)`` of a new frame the target must refuse; both carry
+        the canary, so an error that echoes it to someone else is a leak."""
+        self._bad_frames += 1
+        n = self._bad_frames
+        content = f"{self.canary} malformed note {n} from {self.identity.name}"
+        return f"{self.canary}-bad{n}", content
 
     def private_id(self, label: str) -> str:
         """An id (thread id, state key) that only this user uses."""
@@ -231,16 +246,28 @@ class UserConnection:
         """Runs this connection started whose end it has not seen."""
         return sum(1 for run in self._pending.values() if run.outcome is None)
 
-    async def send_message(self, thread_id: str) -> PendingRun:
+    async def send_message(self, thread_id: str, *, shared_id: bool = False) -> PendingRun:
         """Send a canary-carrying message in ``thread_id`` (AEP/1: a ``user_message``).
+
+        ``shared_id``: the message id every user gives its message of this rank
+        (:meth:`SimUser.next_message`).
 
         Raises:
             ChannelClosed: the connection is closed (its ``Closed`` is already
                 recorded); nothing is sent or recorded.
         """
-        run, payload = self._start_run(thread_id)
+        run, payload = self._start_run(thread_id, shared_id=shared_id)
         await self._channel.send(payload)
         return run
+
+    async def send_frame(self, text: str) -> None:
+        """Send ``text`` as one frame, as it is: not a message, so no run is expected of it.
+
+        Raises:
+            ChannelClosed: the connection is closed; nothing is sent.
+        """
+        self._raise_if_closed()
+        await self._channel.send(text)
 
     def send_message_nowait(self, thread_id: str) -> PendingRun:
         """:meth:`send_message` without waiting: for a caller with one message in flight.
@@ -262,14 +289,17 @@ class UserConnection:
             task.add_done_callback(_retrieve)
         return run
 
-    def _start_run(self, thread_id: str) -> tuple[PendingRun, str]:
-        """Record a new message in ``thread_id`` as sent; return its run and its frame."""
+    def _raise_if_closed(self) -> None:
         if self.closed is not None:
-            # A run recorded after its connection's Closed would never be judged
-            # cut: the oracle would wait for it and call it lost.
             initiator = "error" if self.closed.initiator == "injected" else self.closed.initiator
             raise ChannelClosed(self.closed.code, self.closed.reason, initiator)
-        message_id, content = self.user.next_message(thread_id)
+
+    def _start_run(self, thread_id: str, *, shared_id: bool = False) -> tuple[PendingRun, str]:
+        """Record a new message in ``thread_id`` as sent; return its run and its frame."""
+        # A run recorded after its connection's Closed would never be judged
+        # cut: the oracle would wait for it and call it lost.
+        self._raise_if_closed()
+        message_id, content = self.user.next_message(thread_id, shared_id=shared_id)
         clock = self._clock
         now = clock.mono()
         run = PendingRun(message_id, thread_id, now)

@@ -17,8 +17,9 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from harness.adapters import Adapter
+from harness.aep import BAD_FRAME_KINDS, bad_frame
 from harness.canary import CANARY_RE
-from harness.coverage import count_overlapping, shared_identifiers
+from harness.coverage import count_during, count_overlapping, shared_identifiers
 from harness.credentials import Credentials
 from harness.errors import AuthRefused, TargetError, UsageError
 from harness.faultproxy import FaultProxy
@@ -32,8 +33,15 @@ from harness.users import PendingRun, SimUser, UserConnection, make_identity
 
 HTTP_STATE = "http_state"
 """The adapter capability the state API workloads need (AEP/1 §2)."""
+BAD_FRAMES = "bad_frames"
+"""The adapter capability the bad-frame workloads need: the target answers an AEP/1 frame
+it must refuse with an error frame and keeps the connection open (AEP/1 §3)."""
 SETTLE_S = 0.3
 """Pause after the last run ends, before closing, so late duplicates are seen."""
+REPLY_POLL_S = 0.05
+"""How often :func:`finish` looks again when only replies to bad frames are still due."""
+BAD_FRAME_AFTER_S = 0.5
+"""In :func:`chat`, the longest a bad frame waits for the first event of its user's first run."""
 ABANDON_AFTER_S = 2.0
 """Once the run has a violation, unfinished runs are waited for this long, not the full
 lifecycle timeout: the verdict is already ``fail``, and a service that loses or misroutes
@@ -144,36 +152,72 @@ def record_outside_attempts(
         )
 
 
-async def send(env: Env, conn: UserConnection, thread_id: str) -> PendingRun | None:
-    """Send one message; a closed connection is a target fault, not a crash."""
+async def send(
+    env: Env, conn: UserConnection, thread_id: str, *, shared_id: bool = False
+) -> PendingRun | None:
+    """Send one message; a closed connection is a target fault, not a crash.
+
+    ``shared_id``: the message id every user gives its message of this rank.
+    """
     try:
-        return await conn.send_message(thread_id)
+        return await conn.send_message(thread_id, shared_id=shared_id)
     except ChannelClosed as exc:
         env.run.error("send_failed", str(exc))
         return None
 
 
+async def send_bad_frame(env: Env, conn: UserConnection, thread_id: str) -> float | None:
+    """Send a frame the target must refuse (AEP/1 §3), its content the user's canary.
+
+    One of :data:`~harness.aep.BAD_FRAME_KINDS`, chosen by the user's seeded
+    random source. Its ``bad_request`` reply is expected (see
+    :meth:`~harness.run.Run.expect_rejection`): not a target fault, and no run.
+    An error frame that echoes it to another user, or another user's request to
+    this one, carries a foreign canary: ``cross_delivery``. Returns when it was
+    sent, or ``None`` when the connection was closed.
+    """
+    if conn.closed is not None:
+        return None
+    message_id, content = conn.user.next_bad_frame()
+    kind = conn.user.rng.choice(BAD_FRAME_KINDS)
+    text = bad_frame(kind, message_id=message_id, thread_id=thread_id, content=content)
+    at = env.run.clock.mono()
+    env.run.expect_rejection(conn.id)
+    try:
+        await conn.send_frame(text)
+    except ChannelClosed as exc:
+        env.run.error("send_failed", str(exc))
+        return None
+    return at
+
+
 async def finish(
     env: Env, conns: Sequence[UserConnection], *, abrupt: bool = False, waited_s: float = 0.0
 ) -> None:
-    """Wait for every run, judge them while the connections are open, then close.
+    """Wait for every run, and every reply owed to a bad frame, judge them while the
+    connections are open, then close.
 
-    A run is judged lost only after the full lifecycle timeout. Once the run
-    already has a violation, waiting stops after :data:`ABANDON_AFTER_S` and
-    unfinished runs are counted as abandoned instead of judged. ``waited_s``:
-    how long the caller has already waited for these runs.
+    A run is judged lost, and a reply missing, only after the full lifecycle
+    timeout. Once the run already has a violation, waiting stops after
+    :data:`ABANDON_AFTER_S` and unfinished runs are counted as abandoned
+    instead of judged. ``waited_s``: how long the caller has already waited for
+    these runs.
     """
     loop = asyncio.get_running_loop()
     began = loop.time() - waited_s
     timeout = env.run.lifecycle_timeout_s
     abandoned = False
-    while any(conn.in_flight for conn in conns):
+    due = env.run.rejections_due
+    while (running := any(conn.in_flight for conn in conns)) or any(due(c.id) for c in conns):
         waited = loop.time() - began
         limit = ABANDON_AFTER_S if env.run.finding_counts else timeout
         if waited >= limit:
             abandoned = limit < timeout
             break
-        await asyncio.gather(*(conn.wait_runs(min(0.25, limit - waited)) for conn in conns))
+        if running:
+            await asyncio.gather(*(conn.wait_runs(min(0.25, limit - waited)) for conn in conns))
+        else:
+            await asyncio.sleep(min(REPLY_POLL_S, limit - waited))  # only error replies are due
     await asyncio.sleep(SETTLE_S)
     for conn in conns:
         if conn.closed is None:
@@ -184,15 +228,18 @@ async def finish(
     await asyncio.gather(*(conn.close(abrupt=abrupt) for conn in conns))
 
 
-async def first_event(env: Env, run: PendingRun | None) -> None:
+async def first_event(env: Env, run: PendingRun | None, *, within_s: float | None = None) -> None:
     """Wait for the first event of ``run`` (so a disconnect lands mid-run), bounded.
 
     Bounded by the lifecycle timeout, or by :data:`ABANDON_AFTER_S` once the
-    run already has a violation (events may be going to someone else).
+    run already has a violation (events may be going to someone else), and by
+    ``within_s`` when given.
     """
     if run is None:
         return
     limit = ABANDON_AFTER_S if env.run.finding_counts else env.run.lifecycle_timeout_s
+    if within_s is not None:
+        limit = min(limit, within_s)
     try:
         await asyncio.wait_for(run.first_event.wait(), limit)
     except TimeoutError:
@@ -213,6 +260,8 @@ async def chat(
     connections: int,
     thread_of: Callable[[SimUser, int], str],
     jitter_s: float = 0.01,
+    shared_ids: bool = False,
+    bad_frames: bool = False,
 ) -> list[tuple[UserKey, PendingRun]]:
     """Every user opens ``connections`` connections and sends ``messages`` at once.
 
@@ -220,6 +269,13 @@ async def chat(
     for earlier runs, so runs overlap within a connection, across a user's
     connections and across users. Counts ``overlapping_runs`` and
     ``shared_identifiers`` (thread ids used by several users).
+
+    ``shared_ids``: every user gives its ``n``-th message the same id
+    (``shared-m<n>``); counts ``shared_message_ids``. ``bad_frames``: once the
+    first event of its first run has arrived (the target has taken that
+    message, and the others' first messages sent with it), every user sends a
+    frame the target must refuse (:func:`send_bad_frame`) while the others' runs
+    are in flight; counts ``bad_frames_interleaved``.
     """
     opened = await asyncio.gather(
         *(connect(env, user) for user in users for _ in range(connections))
@@ -230,6 +286,15 @@ async def chat(
             by_user.setdefault(conn.user.key, []).append(conn)
     sent: list[tuple[UserKey, PendingRun]] = []
     threads: list[tuple[UserKey, str]] = []
+    refused: list[tuple[UserKey, float]] = []
+    refusing: list[asyncio.Task[None]] = []
+
+    async def refuse(conn: UserConnection, run: PendingRun | None, thread: str) -> None:
+        # Bounded short: a run whose events go astray must not hold the bad frame back.
+        await first_event(env, run, within_s=BAD_FRAME_AFTER_S)
+        at = await send_bad_frame(env, conn, thread)
+        if at is not None:
+            refused.append((conn.user.key, at))
 
     async def one_user(user: SimUser) -> None:
         conns = by_user.get(user.key, [])
@@ -240,16 +305,28 @@ async def chat(
                 await asyncio.sleep(user.rng.uniform(0, jitter_s))
             thread = thread_of(user, n)
             threads.append((user.key, thread))
-            run = await send(env, conns[n % len(conns)], thread)
+            conn = conns[n % len(conns)]
+            run = await send(env, conn, thread, shared_id=shared_ids)
             if run is not None:
                 sent.append((user.key, run))
+            if bad_frames and n == 0:
+                refusing.append(asyncio.create_task(refuse(conn, run, thread)))
 
     await asyncio.gather(*(one_user(user) for user in users))
+    await asyncio.gather(*refusing)
     all_conns = [conn for conns in by_user.values() for conn in conns]
     await finish(env, all_conns)
-    env.cover("overlapping_runs", count_overlapping(_intervals(sent, env.run.clock.mono())))
+    runs = _intervals(sent, env.run.clock.mono())
+    env.cover("overlapping_runs", count_overlapping(runs))
     env.cover("shared_identifiers", shared_identifiers(threads))
+    env.cover("bad_frames_interleaved", count_during(refused, runs))
+    if shared_ids:
+        env.cover("shared_message_ids", shared_identifiers(_message_ids(sent)))
     return sent
+
+
+def _message_ids(sent: Sequence[tuple[UserKey, PendingRun]]) -> list[tuple[UserKey, str]]:
+    return [(user, run.message_id) for user, run in sent]
 
 
 async def closed_loop(
@@ -410,11 +487,16 @@ async def churn(
     max_sessions: int,
     cut_probability: float = 0.3,
     thread_of: Callable[[SimUser, int], str],
+    bad_frames: float = 0.0,
 ) -> int:
     """Sessions start at ``rate`` per second for ``duration_s`` (at most ``max_sessions``).
 
     A session is one user connecting, sending one to three messages and
     either waiting for them or, with ``cut_probability``, leaving mid-run.
+    With probability ``bad_frames`` a session first sends a frame the target
+    must refuse (:func:`send_bad_frame`), after other sessions' messages and
+    before its own; those sent while another user's run was in flight count
+    ``bad_frames_interleaved``.
     Returns the number of sessions started.
     """
     rng = random.Random(f"{env.run.seed}:{env.scenario}:churn")
@@ -423,6 +505,7 @@ async def churn(
     sessions: list[asyncio.Task[None]] = []
     seen: set[UserKey] = set()
     sent: list[tuple[UserKey, PendingRun]] = []
+    refused: list[tuple[UserKey, float]] = []
 
     async def session(user: SimUser, n: int, reconnect: bool) -> None:
         conn = await connect(env, user, reconnect=reconnect)
@@ -430,7 +513,12 @@ async def churn(
             return
         if reconnect:
             env.cover("reconnects")
-        runs = [await send(env, conn, thread_of(user, n)) for _ in range(user.rng.randint(1, 3))]
+        thread = thread_of(user, n)
+        if bad_frames and user.rng.random() < bad_frames:
+            at = await send_bad_frame(env, conn, thread)
+            if at is not None:
+                refused.append((user.key, at))
+        runs = [await send(env, conn, thread) for _ in range(user.rng.randint(1, 3))]
         sent.extend((user.key, run) for run in runs if run is not None)
         if runs[0] is not None and user.rng.random() < cut_probability:
             await first_event(env, runs[0])
@@ -448,7 +536,9 @@ async def churn(
         n += 1
         await asyncio.sleep(rng.expovariate(rate))
     await asyncio.gather(*sessions)
-    env.cover("overlapping_runs", count_overlapping(_intervals(sent, env.run.clock.mono())))
+    runs = _intervals(sent, env.run.clock.mono())
+    env.cover("overlapping_runs", count_overlapping(runs))
+    env.cover("bad_frames_interleaved", count_during(refused, runs))
     return n
 
 
@@ -613,13 +703,47 @@ async def list_threads(env: Env, users: Sequence[SimUser]) -> None:
     )
 
 
+async def delete_and_reread(env: Env, users: Sequence[SimUser], key: str) -> None:
+    """Every user at once deletes its value of ``key``, reads it, writes it again, reads
+    it again and lists its threads.
+
+    AEP/1 §2: after a delete the owner reads ``404``, and no user ever reads another
+    user's value under the same key (any foreign canary in an answer is
+    ``shared_state``). Exercises the delete and re-create paths (tombstones, undo
+    buffers, caches invalidated by key) and the thread listing while other users
+    do the same. Counts ``reads_after_delete`` (when several users share ``key``).
+    """
+
+    async def one(user: SimUser) -> None:
+        path = state_path(key)
+        if await http(env, user, "DELETE", path, purpose="delete") is None:
+            return
+        if await http(env, user, "GET", path, purpose="read") is not None and len(users) > 1:
+            env.cover("reads_after_delete")
+        value = {"owner": user.canary, "note": f"draft of {user.identity.name}"}
+        await http(env, user, "PUT", path, body={"value": value}, purpose="write")
+        await http(env, user, "GET", path, purpose="read")
+        await http(env, user, "GET", "/api/threads", purpose="read")
+
+    await asyncio.gather(*(one(user) for user in users))
+
+
 async def mixed_load(
-    env: Env, users: Sequence[SimUser], *, duration_s: float, rate: float, key: str
+    env: Env,
+    users: Sequence[SimUser],
+    *,
+    duration_s: float,
+    rate: float,
+    key: str,
+    bad_frames: float = 0.0,
 ) -> None:
-    """Churn, simultaneous reads of one path and cross-user probes, all at once.
+    """Churn, simultaneous reads of one path, deletes and cross-user probes, all at once.
 
     The sustained load of a real service: sessions come and go while other
-    users read shared paths and try each other's ids. Without the adapter's
+    users read shared paths, delete and re-create their state under one key
+    (``<key>-draft``, :func:`delete_and_reread`), list their threads and try
+    each other's ids. ``bad_frames``: the probability that a session also sends
+    a frame the target must refuse (see :func:`churn`). Without the adapter's
     ``"http_state"`` the load is the churn alone.
     """
 
@@ -631,6 +755,7 @@ async def mixed_load(
             rate=rate,
             max_sessions=int(duration_s * rate) + 1,
             thread_of=lambda u, n: "main" if n % 2 else u.private_id("t"),
+            bad_frames=bad_frames,
         )
 
     if HTTP_STATE not in env.adapter.capabilities:
@@ -645,7 +770,14 @@ async def mixed_load(
             await concurrent_reads(env, users, state_path(key), bursts=1)
             await asyncio.sleep(0.2)
 
-    await asyncio.gather(sessions(), readers(), cross_user_probes(env, users, per_user=1))
+    async def rewriters() -> None:
+        while loop.time() < deadline:
+            await delete_and_reread(env, users, f"{key}-draft")
+            await asyncio.sleep(0.4)
+
+    await asyncio.gather(
+        sessions(), readers(), rewriters(), cross_user_probes(env, users, per_user=1)
+    )
 
 
 async def reconnect_storm(

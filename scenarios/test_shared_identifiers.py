@@ -1,6 +1,8 @@
-"""Users pick the same thread ids and state keys as each other.
+"""Users pick the same thread ids, message ids and state keys as each other.
 
-Catches cache and store keys that miss the user (``thread_id`` alone).
+Catches cache and store keys that miss the user (``thread_id`` alone, an
+idempotency cache keyed by ``message_id`` alone). Ids are unique per user
+only: clients cannot coordinate them with other users' clients.
 """
 
 import pytest
@@ -11,6 +13,13 @@ def test_users_reusing_thread_ids_see_only_their_own_history(harness):
     users = harness.users()
     harness.chat(users, thread_ids="shared")
     harness.list_threads(users)
+    harness.verify()
+
+
+@pytest.mark.conditions("shared_message_ids", "shared_identifiers", "overlapping_runs")
+def test_users_reusing_message_ids_receive_only_their_own_runs(harness):
+    users = harness.users()
+    harness.chat(users, thread_ids="shared", message_ids="shared")
     harness.verify()
 
 

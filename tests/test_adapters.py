@@ -307,7 +307,7 @@ def test_the_default_adapter_is_aep(tmp_path: Path) -> None:
     adapter = factory(AdapterContext(base_url="http://h", ws_url="ws://h/ws"))
     assert isinstance(adapter, AepAdapter)
     assert adapter.codec is AEP_CODEC
-    assert adapter.capabilities == {"http_state", "ping"}
+    assert adapter.capabilities == {"http_state", "ping", "bad_frames"}
 
 
 def test_an_unknown_adapter_name_is_one_line_naming_the_key_and_source(tmp_path: Path) -> None:

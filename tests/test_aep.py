@@ -9,13 +9,43 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.aep import ErrorFrame, Event, Malformed, Pong, decode_batch, parse_frame, user_message
+from harness.aep import (
+    BAD_FRAME_KINDS,
+    ErrorFrame,
+    Event,
+    Malformed,
+    Pong,
+    bad_frame,
+    decode_batch,
+    parse_frame,
+    user_message,
+)
+from harness.reference.protocol import BadFrame, decode_frame
 from tests.builders import ALICE, event
 
 
 def test_user_message_has_the_protocol_fields():
     frame = orjson.loads(user_message(message_id="m1", thread_id="t", content="hi"))
     assert frame == {"type": "user_message", "message_id": "m1", "thread_id": "t", "content": "hi"}
+
+
+@pytest.mark.parametrize("kind", BAD_FRAME_KINDS)
+def test_a_bad_frame_carries_its_content_and_is_one_aep1_makes_the_service_refuse(kind):
+    text = bad_frame(kind, message_id="iso-bad1", thread_id="main", content="iso note")
+    assert orjson.loads(text)["content"] == "iso note"
+    assert isinstance(decode_frame(text), BadFrame)  # the reference service's reading of §3
+
+
+def test_a_bad_frame_is_a_user_message_without_thread_id_or_of_an_unknown_type():
+    fields = {"message_id": "m", "thread_id": "t", "content": "c"}
+    assert orjson.loads(bad_frame("missing_thread_id", **fields)) == {
+        "type": "user_message",
+        "message_id": "m",
+        "content": "c",
+    }
+    assert orjson.loads(bad_frame("unknown_type", **fields)) == {"type": "user_note", **fields}
+    with pytest.raises(ValueError, match="^unknown bad frame kind 'x'; use one of: missing_th"):
+        bad_frame("x", **fields)
 
 
 def test_a_lifecycle_event_decodes_with_every_field():

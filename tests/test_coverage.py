@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from harness.coverage import count_overlapping, missing, shared_identifiers
+from harness.coverage import count_during, count_overlapping, missing, shared_identifiers
 
 
 def test_overlap_counts_only_runs_of_different_owners():
@@ -16,6 +16,13 @@ def test_overlap_counts_only_runs_of_different_owners():
 def test_long_run_overlaps_many_short_ones():
     spans = [("a", 0, 100)] + [("b", float(i), i + 0.5) for i in range(10)]
     assert count_overlapping(spans) == 11
+
+
+def test_points_count_only_inside_another_owners_interval():
+    runs = [("a", 0.0, 2.0), ("b", 3.0, 4.0)]
+    assert count_during([("a", 1.0)], runs) == 0  # its own run
+    assert count_during([("b", 1.0), ("b", 2.0), ("b", 2.5)], runs) == 1  # ends are outside
+    assert count_during([("c", 1.0), ("c", 3.5), ("c", 9.0)], runs) == 2
 
 
 def test_shared_identifiers_need_two_owners():

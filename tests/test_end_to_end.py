@@ -49,6 +49,7 @@ TARGET_OR_HARNESS_FAULTS = {
     "target_unusable",
     "target_error",
     "gauge_unreadable",
+    "bad_frame_unanswered",
 }
 
 
@@ -92,6 +93,16 @@ PLANTED = [
     Planted("lost_event", "test_users_sending_at_once and 4", frozenset({"lost_event"})),
     Planted("duplicate_event", "test_users_sending_at_once and 4", frozenset({"duplicate_event"})),
     Planted("out_of_order", "test_users_sending_at_once and 4", frozenset({"out_of_order"})),
+    # Found only on the paths the harness exercises on purpose: error frames of bad
+    # frames, message ids several users share, deletes followed by reads.
+    Planted("error_echo", "test_users_sending_at_once and 4", frozenset({"cross_delivery"})),
+    Planted("message_id_cache", "test_users_reusing_message_ids", frozenset({"cross_delivery"})),
+    Planted(
+        "undo_buffer",
+        "test_sustained_mixed_load",
+        frozenset({"shared_state"}),
+        options=("--duration", "2"),
+    ),
     # The gauge never comes back; a short grace keeps the run short.
     Planted(
         "gauge_stuck",

@@ -258,6 +258,70 @@ def test_gauge_stuck_after_a_client_leaves_mid_run(services: Services, faulty: b
     assert (asyncio.run(scenario()) > 0) == faulty
 
 
+@faulty
+def test_error_echo_quotes_another_users_message_in_an_error(
+    services: Services, faulty: bool
+) -> None:
+    base = _base(services, "error_echo", faulty)
+    sender, clumsy = User("t1", "echo-a"), User("t2", "echo-b")
+
+    async def scenario() -> dict[str, Any]:
+        async with open_ws(base, sender) as ws:
+            await ws.send(user_message("sender-1", "sender's secret"))
+            await collect(ws, until_completed=["sender-1"])
+        async with open_ws(base, clumsy) as ws:
+            await ws.send('{"type": "user_message", "message_id": "oops", "content": "x"}')
+            return await recv_json(ws)
+
+    error = asyncio.run(scenario())
+    assert (error["type"], error["code"]) == ("error", "bad_request")
+    assert ("sender's secret" in error["message"]) == faulty
+
+
+@faulty
+def test_message_id_cache_replays_another_users_run_of_the_same_id(
+    services: Services, faulty: bool
+) -> None:
+    base = _base(services, "message_id_cache", faulty)
+    first, second = User("t1", "idem-a"), User("t2", "idem-b")
+
+    async def scenario() -> Seen:
+        async with open_ws(base, first) as ws:
+            await ws.send(user_message("same-1", "first's secret"))
+            await collect(ws, until_completed=["same-1"])
+        async with open_ws(base, second) as ws:
+            await ws.send(user_message("same-1", "second's note"))
+            return Seen(second, sent=["same-1"], frames=await collect(ws, deadline=0.5))
+
+    seen = asyncio.run(scenario())
+    assert bool(foreign_events(seen)) == faulty
+    assert any("first's secret" in str(e["data"]) for e in seen.events) == faulty
+    assert incomplete_runs(seen) == []  # the run arrived whole either way
+
+
+@faulty
+def test_undo_buffer_reads_back_another_users_deleted_value(
+    services: Services, faulty: bool
+) -> None:
+    base = _base(services, "undo_buffer", faulty)
+    first, second = User("t1", "undo-a"), User("t2", "undo-b")
+
+    async def scenario() -> tuple[int, Any]:
+        async with aiohttp.ClientSession() as session:
+            url = base + "/api/state/draft"
+            await http(session, "PUT", url, first, json={"value": "first's"})
+            await http(session, "PUT", url, second, json={"value": "second's"})
+            await http(session, "DELETE", url, first)
+            await http(session, "DELETE", url, second)
+            return await http(session, "GET", url, first)
+
+    status, body = asyncio.run(scenario())
+    if faulty:
+        assert (status, body["value"]) == (200, "second's")
+    else:
+        assert (status, body) == (404, {"error": "not_found"})
+
+
 def test_noisy_is_correct_but_finishes_runs_out_of_order(services: Services) -> None:
     base = services.get("noisy").url
     users = [User(f"t{i % 2}", f"noisy{i}") for i in range(4)]

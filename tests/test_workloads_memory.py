@@ -41,23 +41,49 @@ class NoHttp:
 
 
 class TwinService:
-    """A tiny AEP/1 service: correct, or with the singleton-emitter bug."""
+    """A tiny AEP/1 service: correct, or with the singleton-emitter bug.
 
-    def __init__(self, *, singleton: bool = False, lose: str | None = None) -> None:
+    A bad frame (not a ``user_message`` with a ``thread_id``) gets an error
+    frame; with ``echo`` (the bug) its message quotes the last message any user
+    sent; with ``mute`` (another bug) it gets nothing.
+    """
+
+    def __init__(
+        self,
+        *,
+        singleton: bool = False,
+        lose: str | None = None,
+        echo: bool = False,
+        mute: bool = False,
+    ) -> None:
         self.singleton = singleton
         self.lose = lose  # the bug: the terminal event of messages ending in this is never sent
+        self.echo = echo
+        self.mute = mute
         self.sockets: dict[str, list[ServerSide]] = {}
         self.current: ServerSide | None = None  # the bug: one emitter for everyone
+        self.request = ""  # the bug: the request being served, process-wide
 
     async def handle(self, conn: ServerSide) -> None:
         self.sockets.setdefault(conn.token, []).append(conn)
         runs = []
         while (text := await conn.recv()) is not None:
             msg = orjson.loads(text)
+            if msg.get("type") != "user_message" or "thread_id" not in msg:
+                await self.refuse(conn)
+                continue
             self.current = conn
+            self.request = text
             runs.append(asyncio.create_task(self.run(conn, msg)))
         self.sockets[conn.token].remove(conn)
         await asyncio.gather(*runs)
+
+    async def refuse(self, conn: ServerSide) -> None:
+        if self.mute:
+            return
+        message = f"bad frame (context: {self.request})" if self.echo else "bad frame"
+        error = {"type": "error", "code": "bad_request", "message": message}
+        await conn.send(orjson.dumps(error).decode())
 
     async def run(self, conn: ServerSide, msg: dict) -> None:
         tenant, user = conn.token.split("/")
@@ -208,3 +234,55 @@ def test_a_closed_loop_judges_a_lost_terminal_event_once_its_user_stalls(scenari
     assert ViolationKind.LOST_EVENT in {f.kind for f in harness.run.findings}
     with pytest.raises(AssertionError, match="lost_event"):
         harness.verify()
+
+
+# -- bad frames and shared message ids ------------------------------------------------------
+
+
+def test_the_error_reply_to_a_deliberate_bad_frame_is_expected_not_a_fault(scenario_on, tmp_path):
+    harness = scenario_on(TwinService(), tmp_path)
+    harness.conditions("overlapping_runs", "bad_frames_interleaved")
+    users = harness.users()
+    assert harness.chat(users, messages=2, connections=1, bad_frames=True) == 12
+    harness.verify()
+    run = harness.run
+    assert run.counts["bad_frames_rejected"] == 6
+    assert run.errors == {}
+    assert run.runs_completed == 12
+    assert harness.result.coverage["bad_frames_interleaved"] > 0
+
+
+def test_a_bad_frame_left_unanswered_is_a_target_fault_not_a_violation(scenario_on, tmp_path):
+    harness = scenario_on(TwinService(mute=True), tmp_path)
+    harness.chat(harness.users(), messages=2, connections=1, bad_frames=True)
+    harness.verify()
+    [entry] = harness.run.errors.values()
+    assert (entry["kind"], entry["count"]) == ("bad_frame_unanswered", 6)
+
+
+def test_an_error_that_quotes_another_users_request_is_cross_delivery(scenario_on, tmp_path):
+    harness = scenario_on(TwinService(echo=True), tmp_path)
+    harness.chat(harness.users(), messages=2, connections=1, bad_frames=True)
+    leaks = [f for f in harness.run.findings if f.kind == ViolationKind.CROSS_DELIVERY]
+    assert leaks
+    assert all('"type":"error"' in f.evidence["raw"] for f in leaks)
+    with pytest.raises(AssertionError, match="cross_delivery"):
+        harness.verify()
+
+
+def test_without_bad_frames_an_echoing_service_goes_unseen(scenario_on, tmp_path):
+    # What the bad frames are for: the error path is the only way to this bug.
+    harness = scenario_on(TwinService(echo=True), tmp_path)
+    harness.chat(harness.users(), messages=2, connections=1)
+    harness.verify()
+
+
+def test_users_sharing_message_ids_on_a_correct_service_pass(scenario_on, tmp_path):
+    harness = scenario_on(TwinService(), tmp_path)
+    harness.conditions("shared_message_ids", "overlapping_runs")
+    users = harness.users()
+    assert harness.chat(users, messages=3, connections=2, message_ids="shared") == 18
+    harness.verify()
+    assert harness.run.runs_completed == 18
+    assert harness.result.coverage["shared_message_ids"] == 3  # shared-m1, -m2, -m3
+    assert harness.run.errors == {}

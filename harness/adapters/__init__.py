@@ -33,12 +33,15 @@ from harness.codec import Codec
 from harness.transport.base import Channel
 from harness.users import SimUser
 
-CAPABILITIES = ("http_state", "ping")
+CAPABILITIES = ("http_state", "ping", "bad_frames")
 """What an adapter may offer beyond connecting, sending and decoding.
 
 * ``http_state``: AEP/1's ``/healthz``, ``/api/state`` and ``/api/threads`` at
   the base URL; without it the scenarios that read state are skipped.
 * ``ping``: the AEP/1 ``ping``/``pong`` exchange, used by the preflight.
+* ``bad_frames``: AEP/1 §3's answer to a bad frame (an ``error`` frame, the
+  connection kept open), so users may send AEP/1 frames the target must refuse
+  (:func:`harness.aep.bad_frame`); without it they send none.
 """
 
 

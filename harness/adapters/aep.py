@@ -2,8 +2,8 @@
 
 A bearer token per user, on the handshake's ``Authorization`` header or, with
 ``token_in_query``, as ``?token=`` (AEP/1 §1); frames are decoded by
-:data:`~harness.aep.AEP_CODEC`. AEP/1 services have the HTTP state API and
-``ping``, so every scenario applies.
+:data:`~harness.aep.AEP_CODEC`. AEP/1 services have the HTTP state API,
+``ping`` and an error frame for every bad frame, so every scenario applies.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class AepAdapter:
 
     name = "aep"
     codec: AepCodec = AEP_CODEC
-    capabilities = frozenset({"http_state", "ping"})
+    capabilities = frozenset({"http_state", "ping", "bad_frames"})
 
     def __init__(self, connector: Connector, ws_url: str, *, token_in_query: bool = False) -> None:
         self._connector = connector

@@ -241,7 +241,8 @@ class Service:
                 if msg.type is WSMsgType.TEXT:
                     self._on_text(conn, msg.data)
                 elif msg.type is WSMsgType.BINARY:
-                    conn.send(self.dialect.error("binary frames are not accepted; send JSON text"))
+                    reason = "binary frames are not accepted; send JSON text"
+                    conn.send(self.dialect.error(self.parts.errors.message(reason)))
         finally:
             self.parts.lifecycle.close(conn)
         return ws
@@ -276,8 +277,9 @@ class Service:
         if isinstance(frame, Ping):
             conn.send(self.dialect.pong)
         elif isinstance(frame, BadFrame):
-            conn.send(self.dialect.error(frame.reason))
+            conn.send(self.dialect.error(self.parts.errors.message(frame.reason)))
         elif isinstance(frame, UserMessage):
+            self.parts.errors.accepted(text)
             self._accept(conn, frame)
 
     def _accept(self, conn: Connection, message: UserMessage) -> None:

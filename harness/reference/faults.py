@@ -32,8 +32,8 @@ from harness.reference.connections import (
     SessionTable,
 )
 from harness.reference.metrics import Metrics
-from harness.reference.protocol import encode
-from harness.reference.runs import Event, Publisher, Runner, RunSpec, ThinkTime
+from harness.reference.protocol import ErrorReporter, encode
+from harness.reference.runs import Event, Publisher, Runner, RunSpec, ThinkTime, lifecycle_events
 from harness.reference.store import (
     LocalStateBackend,
     StateBackend,
@@ -69,6 +69,13 @@ FAULTS: dict[str, str] = {
     "dropped by user but stored by connection id",
     "gauge_stuck": "a connection closed with runs in flight is released by a path that "
     "forgets to decrement aep_connections_active",
+    "error_echo": "error frames carry the request being served, kept process-wide: a bad "
+    "frame's error quotes the last message any user sent",
+    "message_id_cache": "an idempotency cache keyed by message id alone replays the stored "
+    "run of a message id already seen, whoever sent it",
+    "undo_buffer": "deleted values are kept for undo keyed by state key alone, and a read of "
+    "a key that is not set falls back to them: after a delete, a user reads the value of "
+    "whoever deleted that key last",
     "noisy": "not a bug: heavy-tailed think time (runs finish out of order) and a bounded "
     "per-session cache (memory rises about 12 MiB over ~200 sessions, then plateaus)",
 }
@@ -76,7 +83,7 @@ FAULTS: dict[str, str] = {
 #: Groups of faults that replace the same part of the service.
 EXCLUSIVE: tuple[frozenset[str], ...] = (
     frozenset({"tenant_broadcast", "reconnect_registry"}),
-    frozenset({"singleton_emitter", "duplicate_event"}),
+    frozenset({"singleton_emitter", "duplicate_event", "message_id_cache"}),
     frozenset({"lost_event", "out_of_order"}),
 )
 
@@ -444,6 +451,94 @@ class DeferredReleaseLifecycle(Lifecycle):
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+# -- error_echo -------------------------------------------------------------------------------
+
+CONTEXT_CHARS = 300
+
+
+class ContextErrorReporter(ErrorReporter):
+    """Error reports carry the request being served, for support tickets."""
+
+    def __init__(self) -> None:
+        self._context = ""  # the "current request", process-wide (meant to be a contextvar)
+
+    def accepted(self, text: str) -> None:
+        """Remember the frame being served."""
+        self._context = text
+
+    def message(self, reason: str) -> str:
+        """The reason, with the request being served for context."""
+        return f"{reason} (context: {self._context[:CONTEXT_CHARS]})"
+
+
+# -- message_id_cache -------------------------------------------------------------------------
+
+IDEMPOTENCY_ENTRIES = 10_000
+
+
+class IdempotentRunner(Runner):
+    """Runs each message id once: a message id already seen is a client's retry, answered
+    by replaying the stored run instead of running the agent twice (bounded LRU)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._seen: OrderedDict[str, RunSpec] = OrderedDict()
+
+    def start(self, spec: RunSpec) -> asyncio.Task[None]:
+        """Start the run, or replay the stored one of the same message id."""
+        stored = self._seen.get(spec.message_id)
+        if stored is None:
+            self._seen[spec.message_id] = spec
+            while len(self._seen) > IDEMPOTENCY_ENTRIES:
+                self._seen.popitem(last=False)
+            return super().start(spec)
+        task = asyncio.create_task(self._replay(spec.owner, stored), name=f"replay-{spec.run_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _replay(self, retrier: Identity, stored: RunSpec) -> None:
+        for event in lifecycle_events(stored, thoughts=1):
+            self._publisher.publish(retrier, event)
+
+
+# -- undo_buffer ------------------------------------------------------------------------------
+
+UNDO_ENTRIES = 1024
+
+
+class UndoableState:
+    """Keeps each deleted value for undo; a read of a key that is not set looks there too,
+    so a client reading right after an undo still sees its value (bounded LRU)."""
+
+    def __init__(self, inner: StateBackend) -> None:
+        self._inner = inner
+        self._deleted: OrderedDict[str, bytes] = OrderedDict()
+
+    async def put(self, user: Identity, key: str, value: bytes) -> None:
+        """Store ``value`` under ``key`` for ``user``."""
+        await self._inner.put(user, key, value)
+
+    async def get(self, user: Identity, key: str) -> bytes | None:
+        """The value, else the last deleted value of ``key``, else None."""
+        value = await self._inner.get(user, key)
+        return value if value is not None else self._deleted.get(key)
+
+    async def delete(self, user: Identity, key: str) -> None:
+        """Forget ``key`` for ``user``, keeping its value for undo."""
+        value = await self._inner.get(user, key)
+        if value is not None:
+            self._deleted[key] = value
+            self._deleted.move_to_end(key)
+            while len(self._deleted) > UNDO_ENTRIES:
+                self._deleted.popitem(last=False)
+        await self._inner.delete(user, key)
+
+    async def aclose(self) -> None:
+        """Close the backend underneath."""
+        await self._inner.aclose()
+
+
 # -- noisy ------------------------------------------------------------------------------------
 
 
@@ -493,6 +588,7 @@ class Parts:
     state: StateBackend
     threads: ThreadStore
     middlewares: tuple[Middleware, ...]
+    errors: ErrorReporter
 
 
 def assemble(
@@ -546,6 +642,8 @@ def assemble(
         runner_class = SharedEmitterRunner
     elif on("duplicate_event"):
         runner_class = HedgedRunner
+    elif on("message_id_cache"):
+        runner_class = IdempotentRunner
     runner = runner_class(publisher, think, metrics, rng)
 
     store = FlatStateStore() if on("state_key_missing_user") else StateStore()
@@ -554,6 +652,9 @@ def assemble(
         state = PipelinedStateBackend(StateServer(store))
     else:
         state = LocalStateBackend(store)
+    if on("undo_buffer"):
+        state = UndoableState(state)
     threads = FlatThreadStore() if on("thread_key_missing_user") else ThreadStore()
     middlewares = (MicroCache().middleware,) if on("path_cache") else ()
-    return Parts(registry, lifecycle, publisher, runner, state, threads, middlewares)
+    errors = ContextErrorReporter() if on("error_echo") else ErrorReporter()
+    return Parts(registry, lifecycle, publisher, runner, state, threads, middlewares, errors)

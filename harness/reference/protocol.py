@@ -103,3 +103,19 @@ PONG = encode({"type": "pong"})
 def error_frame(message: str) -> str:
     """The ``bad_request`` error frame (AEP/1 §3)."""
     return encode({"type": "error", "code": "bad_request", "message": message})
+
+
+class ErrorReporter:
+    """Writes the message of a bad frame's error: the reason, and nothing of any request.
+
+    AEP/1 §4: nothing of user A's is ever visible to user B, and an error frame
+    goes to the connection whose frame was bad, so its message speaks of that
+    frame only.
+    """
+
+    def accepted(self, text: str) -> None:
+        """A frame was accepted as a message (this reporter keeps nothing of it)."""
+
+    def message(self, reason: str) -> str:
+        """The error message of a frame refused for ``reason``."""
+        return reason
