@@ -8,7 +8,8 @@ to its owner whichever worker drives that owner. At the end each worker hands it
 ``summary.json`` document to the controller, and :func:`merge_summaries` makes
 the run's one summary: verdicts by precedence, counts summed, findings
 concatenated (capped), each scenario's coverage summed over the workers (a
-condition created on any worker counts).
+condition created on any worker counts), the evidence bound computed again from the
+summed count of events checked.
 
 Pure functions over summary documents: no pytest, no I/O.
 """
@@ -22,8 +23,8 @@ from itertools import zip_longest
 from typing import Any, TypeVar
 
 from harness.coverage import CONDITIONS, missing
-from harness.run import EXIT_CODES, MAX_FINDINGS
-from harness.types import Verdict
+from harness.run import EXIT_CODES, MAX_FINDINGS, evidence_json
+from harness.types import Verdict, ViolationKind
 
 T = TypeVar("T")
 
@@ -111,7 +112,8 @@ def merge_summaries(
 
     Returns:
         A summary of schema ``isoharness.summary/1`` with a ``workers`` list;
-        each violation names the worker that saw it (``worker``).
+        each violation names the worker that saw it (``worker``); its ``evidence``
+        block is computed from the summed ``events_received``, not taken from a worker.
     """
     doc: dict[str, Any] = {key: value for key, value in controller.items()}
     owner_worker = {user: wid for wid, users in (users_of or {}).items() for user in users}
@@ -189,6 +191,14 @@ def merge_summaries(
         ],
         "workers": listing,
     }
+    # Over the whole run's events: n workers' n separate bounds would each claim too little.
+    evidence = evidence_json(
+        counts["events_received"],
+        cross_deliveries=violation_counts[str(ViolationKind.CROSS_DELIVERY)],
+    )
+    doc.pop("evidence", None)
+    if evidence is not None:
+        doc["evidence"] = evidence
     return doc
 
 

@@ -9,6 +9,7 @@ error that reaches the summary, never a silent pass.
 
 from __future__ import annotations
 
+import math
 import time
 import traceback
 from collections import Counter
@@ -38,7 +39,14 @@ from harness.recording import (
     Record,
     Sent,
 )
-from harness.types import ConnectionId, DeliveryPolicy, ScenarioId, UserKey, Verdict
+from harness.types import (
+    ConnectionId,
+    DeliveryPolicy,
+    ScenarioId,
+    UserKey,
+    Verdict,
+    ViolationKind,
+)
 
 SCHEMA = "isoharness.summary/1"
 MAX_FINDINGS = 2000
@@ -65,6 +73,57 @@ EXIT_CODES: dict[Verdict, int] = {
     Verdict.INCONCLUSIVE: 4,
     Verdict.INTERRUPTED: 130,
 }
+
+
+def leak_rate_excluded(events_checked: int, *, confidence: float = 0.95) -> float:
+    """The per-event leak rate that ``events_checked`` clean events rule out.
+
+    If a service misrouted each event independently with probability ``p``,
+    ``n`` events would all arrive clean with probability ``(1 - p) ** n``; that is
+    at most ``1 - confidence`` for every ``p`` at or above the returned
+    ``1 - (1 - confidence) ** (1 / n)`` (the exact one-sided binomial bound for no
+    event seen; about ``3 / n`` at 95%, the "rule of three").
+
+    Args:
+        events_checked: events the ``cross_delivery`` oracle checked, none leaked.
+        confidence: how sure the exclusion is (0.95: wrong one run in twenty).
+
+    Returns:
+        The bound, in (0, 1]; ``confidence`` itself for one event.
+
+    Raises:
+        ValueError: ``events_checked`` is not positive, or ``confidence`` is not in (0, 1).
+    """
+    if events_checked <= 0:
+        raise ValueError(f"events_checked {events_checked}: a bound needs at least one event")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence {confidence}: a probability strictly between 0 and 1")
+    # 1 - (1 - c) ** (1 / n), without the cancellation of 1 - x for x near 1.
+    return -math.expm1(math.log1p(-confidence) / events_checked)
+
+
+def evidence_json(events_checked: int, *, cross_deliveries: int) -> dict[str, Any] | None:
+    """The summary's ``evidence`` block: how strong a clean ``cross_delivery`` result is.
+
+    ``{"events_checked": n, "leak_rate_excluded_95": p, "one_in": k}``: the run checked
+    ``n`` received events for cross-user delivery and found none, so a leak hitting more
+    than one event in ``k`` (``k = floor(1 / p)``, rounded down so the claim never
+    overstates) would have shown, at 95% confidence; see :func:`leak_rate_excluded`.
+
+    It is written whatever the verdict, because the measurement stands on its own: a run
+    that failed on a lost event, errored or was interrupted still checked ``n`` events
+    and saw no leak among them. It is left out (``None``) when nothing was checked, and
+    when a ``cross_delivery`` was found: the bound assumes none was seen, so it would
+    understate a leak that happened; the violations are then the evidence.
+    """
+    if events_checked <= 0 or cross_deliveries > 0:
+        return None
+    rate = leak_rate_excluded(events_checked)
+    return {
+        "events_checked": events_checked,
+        "leak_rate_excluded_95": rate,
+        "one_in": math.floor(1.0 / rate),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -502,6 +561,14 @@ class Run:
             "errors": list(self.errors.values()),
             "scenarios": [r.to_json() for r in self.scenarios.values()],
         }
+        # Every received frame, malformed ones included, went through the cross_delivery
+        # oracle (record, record_batch): events_received is the count it checked.
+        evidence = evidence_json(
+            self.counts["events_received"],
+            cross_deliveries=self.finding_counts[str(ViolationKind.CROSS_DELIVERY)],
+        )
+        if evidence is not None:
+            doc["evidence"] = evidence
         if extra:
             doc |= extra
         return doc

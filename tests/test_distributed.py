@@ -18,7 +18,7 @@ import pytest
 
 from harness.cli import default_scenarios
 from harness.distributed import Shard, merge_summaries
-from harness.run import MAX_FINDINGS
+from harness.run import MAX_FINDINGS, evidence_json
 from tests.e2e_helpers import (
     SEED,
     harness_env,
@@ -185,6 +185,24 @@ def test_findings_are_capped_with_every_worker_represented():
     assert {v["worker"] for v in merged["violations"][:2]} == {"gw0", "gw1"}
 
 
+def test_the_evidence_bound_is_computed_from_the_merged_count_of_events_checked():
+    def worker(events: int) -> dict[str, Any]:
+        return summary("pass", events_received=events) | {
+            "evidence": evidence_json(events, cross_deliveries=0)
+        }
+
+    gw0, gw1 = worker(5000), worker(2719)
+    merged = merge_summaries(CONTROLLER, {"gw0": gw0, "gw1": gw1})
+    assert merged["evidence"] == evidence_json(7719, cross_deliveries=0)
+    assert merged["evidence"]["one_in"] == 2577  # neither worker's 1,669 nor 908
+    # A leak seen on any worker: no bound, whatever the other workers saw.
+    leaked = summary("fail", violations=[leak("t/a", "t/b")], events_received=2719)
+    assert "evidence" not in merge_summaries(CONTROLLER, {"gw0": gw0, "gw1": leaked})
+    # No event checked anywhere: no block, even when the controller's summary had one.
+    stale = CONTROLLER | {"evidence": evidence_json(10, cross_deliveries=0)}
+    assert "evidence" not in merge_summaries(stale, {"gw0": summary("pass")})
+
+
 # -- isoharness run -- -n 2 --------------------------------------------------------------------
 
 
@@ -276,6 +294,11 @@ def test_a_correct_service_passes_over_two_local_gateways(tmp_path: Path) -> Non
     assert "distributed run: each worker drives a share" in proc.stdout  # and in the header
     assert proc.stdout.splitlines()[-1].startswith("isoharness: PASS")
     assert "rsyncdir" not in proc.stdout  # local gateways run the scenarios where they are
+    # What the PASS rules out is judged over every worker's events, not one worker's share.
+    checked = merged["counts"]["events_received"]
+    assert merged["evidence"] == evidence_json(checked, cross_deliveries=0)
+    assert all(w["evidence"]["events_checked"] < checked for w in worker_summaries(report).values())
+    assert f"evidence: {checked:,} events checked;" in proc.stdout
 
 
 def test_a_leak_between_users_on_two_ssh_gateways_is_reported_with_both_users(

@@ -9,6 +9,7 @@ signing secret or a token; and SIGTERM must end a run with a final summary.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from e2e_helpers import (
 )
 
 from harness.cli import default_scenarios
+from harness.run import evidence_json
 
 #: Where findings judged after the last scenario (gauges, memory) are filed.
 END_OF_RUN = "isoharness::end_of_run"
@@ -206,6 +208,30 @@ def test_the_default_run_passes_a_correct_service_every_time(tmp_path: Path) -> 
         proc = run_harness("run", "--report-dir", str(report), "--seed", str(SEED), cwd=tmp_path)
         assert_clean_pass(proc, report)
         assert read_summary(report)["target"]["embedded"] is True
+
+
+def test_a_pass_says_how_rare_a_leak_it_rules_out(tmp_path: Path) -> None:
+    """The evidence block counts every received event the run checked; the terminal and the
+    page say what it rules out, and the last line keeps its format."""
+    report = tmp_path / "report"
+    proc = run_harness(
+        "run", "--report-dir", str(report), *SMALL,
+        "--", "-k", "test_users_sending_at_once and 4", "-q",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, output_of(proc)
+    summary = read_summary(report)
+    checked = summary["counts"]["events_received"]
+    assert checked > 0
+    assert summary["evidence"] == evidence_json(checked, cross_deliveries=0)
+    sentence = (
+        f"{checked:,} events checked; a leak hitting more than 1 in "
+        f"{summary['evidence']['one_in']:,} events would have shown (95%)"
+    )
+    lines = proc.stdout.splitlines()
+    assert f"evidence: {sentence}" in lines
+    assert re.fullmatch(r"isoharness: PASS — 0 violation\(s\) — report: \S+report\.html", lines[-1])
+    assert sentence in (report / "report.html").read_text()
 
 
 def test_a_jittery_but_correct_service_passes(tmp_path: Path) -> None:

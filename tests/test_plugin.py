@@ -8,6 +8,7 @@ the working directory, so ``reports/`` is made there.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,6 +93,25 @@ def test_a_users_scenario_passes_against_a_correct_service(
     summary = only_summary(pytester)
     assert summary["verdict"] == "pass"
     assert summary["final"] is True
+
+
+def test_a_pass_ends_with_the_leak_rate_it_rules_out_just_before_the_verdict(
+    pytester: pytest.Pytester, target: str
+) -> None:
+    pytester.makepyfile(test_my_service=SCENARIO)
+    result = run_scenarios(pytester, target)
+    assert result.ret == 0
+    evidence = only_summary(pytester)["evidence"]
+    assert isinstance(evidence, dict)
+    checked, one_in = evidence["events_checked"], evidence["one_in"]
+    assert checked > 0
+    assert one_in == math.floor(1 / (1 - 0.05 ** (1 / checked)))
+    lines = result.stdout.lines
+    [verdict] = [i for i, line in enumerate(lines) if line.startswith("isoharness: PASS")]
+    assert lines[verdict - 1] == (
+        f"evidence: {checked:,} events checked; a leak hitting more than 1 in {one_in:,} "
+        "events would have shown (95%)"
+    )
 
 
 def test_a_users_scenario_fails_with_exit_1_naming_cross_delivery(

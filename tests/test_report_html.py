@@ -280,6 +280,24 @@ def test_the_banner_shows_the_verdict(tmp_path: Path, verdict: str) -> None:
     assert page.classes["verdict"] == [verdict.upper()]
 
 
+def test_a_pass_says_under_the_verdict_what_leak_rate_it_rules_out(tmp_path: Path) -> None:
+    evidence = {"events_checked": 7719, "leak_rate_excluded_95": 3.8806e-4, "one_in": 2577}
+    passed = {**SUMMARY, "verdict": "pass", "violations": [], "evidence": evidence}
+
+    page = render(make_run(tmp_path / "pass", summary=passed))
+
+    assert page.classes["strength"] == [
+        "7,719 events checked; a leak hitting more than 1 in 2,577 events would have shown (95%)"
+    ]
+    banner = page.classes["banner"][0]
+    assert banner.index("PASS") < banner.index("7,719 events checked")
+    # Only a pass claims it; a summary written before the block existed renders as before.
+    failed = render(make_run(tmp_path / "fail", summary={**SUMMARY, "evidence": evidence}))
+    assert "strength" not in failed.classes
+    old = render(make_run(tmp_path / "old", summary={**SUMMARY, "verdict": "pass"}))
+    assert "strength" not in old.classes
+
+
 def test_run_parameters_seed_target_counts_coverage_and_scenarios_are_shown(
     tmp_path: Path,
 ) -> None:
@@ -348,6 +366,13 @@ def json_error(text: str) -> str:
         ({**SUMMARY, "counts": {"users": "40"}},
          "invalid counts['users'] '40' (expected an integer)"),
         ({**SUMMARY, "violations": "many"}, "invalid violations 'many' (expected a list)"),
+        ({**SUMMARY, "evidence": 7719}, "invalid evidence 7719 (expected an object)"),
+        ({**SUMMARY, "evidence": {"events_checked": "7719"}},
+         "invalid evidence['events_checked'] '7719' (expected an integer)"),
+        ({**SUMMARY, "evidence": {"one_in": 2577.5}},
+         "invalid evidence['one_in'] 2577.5 (expected an integer)"),
+        ({**SUMMARY, "evidence": {"leak_rate_excluded_95": "low"}},
+         "invalid evidence['leak_rate_excluded_95'] 'low' (expected a number)"),
         ({**SUMMARY, "violations": [*SUMMARY["violations"], "x" * 80]},
          f"invalid violations[2] '{'x' * 58}… (expected an object)"),
     ],

@@ -2,10 +2,10 @@
 
 :func:`render_report` reads ``summary.json``, ``timeline.jsonl`` and
 ``events.jsonl`` from the folder a run wrote and writes ``report.html`` next
-to them: verdict banner, run parameters and seed, target, counts, condition
-coverage, scenarios, every violation with its full witness, errors, and three
-inline-SVG charts (target memory, events per second, event latency
-percentiles). The page has no scripts and no external references, so it opens
+to them: verdict banner (with the leak rate a PASS rules out), run parameters
+and seed, target, counts, condition coverage, scenarios, every violation with its
+full witness, errors, and three inline-SVG charts (target memory, events per
+second, event latency percentiles). The page has no scripts and no external references, so it opens
 offline; every value that came from the target or the run is HTML-escaped
 (the template autoescapes, and charts escape their own text).
 
@@ -48,6 +48,7 @@ from harness.reporting.charts import (
     Series,
     line_chart,
 )
+from harness.reporting.terminal import evidence_sentence
 from harness.run import SCHEMA as SUMMARY_SCHEMA
 from harness.types import Verdict
 
@@ -231,10 +232,12 @@ def _not_a_summary(path: Path, problem: str, fix: str = _RESTORE) -> UsageError:
 def _check_summary(path: Path, data: object) -> None:
     """Refuse a ``summary.json`` the harness could not have written.
 
-    Checks what the page is drawn from (the schema, the verdict and the types
-    of the top-level keys) and nothing deeper: values inside the records are
+    Checks what the page is drawn from (the schema, the verdict, the types
+    of the top-level keys, and the numbers of the optional ``evidence`` block the
+    banner's sentence is made of) and nothing deeper: values inside the records are
     shown as they are. Every summary :mod:`harness.run`, the session and
-    :func:`harness.distributed.merge_summaries` write passes, final or not.
+    :func:`harness.distributed.merge_summaries` write passes, final or not, and so
+    does one written before the ``evidence`` block existed.
     """
     if not isinstance(data, dict):
         raise _not_a_summary(path, f"a JSON {_json_type(data)}, not an object")
@@ -272,6 +275,18 @@ def _check_summary(path: Path, data: object) -> None:
             expect(key, data[key], isinstance(data[key], list), "a list")
             for index, item in enumerate(data[key]):
                 expect(f"{key}[{index}]", item, isinstance(item, dict), "an object")
+    if "evidence" in data:
+        # Optional: summaries written before the block existed have none.
+        evidence = data["evidence"]
+        expect("evidence", evidence, isinstance(evidence, dict), "an object")
+        for name in ("events_checked", "one_in"):
+            if name in evidence:
+                value = evidence[name]
+                expect(f"evidence[{name!r}]", value, _is_int(value), "an integer")
+        if "leak_rate_excluded_95" in evidence:
+            value = evidence["leak_rate_excluded_95"]
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            expect("evidence['leak_rate_excluded_95']", value, ok, "a number")
 
 
 def _shown(value: object, limit: int = 60) -> str:
@@ -501,6 +516,7 @@ def _context(
         "verdict": verdict_text,
         "verdict_class": verdict_text if verdict_text in _VERDICT_HEADLINES else "unknown",
         "headline": headline,
+        "evidence": evidence_sentence(summary),
         "facts": [f for f in facts if f.value != "—"],
         "command": _text(run.get("command"), ""),
         "run": _rows(run, _RUN_KEYS, _RUN_LABELS, mono={"id", "seed", "command"}),

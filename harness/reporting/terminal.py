@@ -16,13 +16,33 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
+def evidence_sentence(summary: dict[str, Any]) -> str | None:
+    """What a PASS is worth, in words, from the summary's ``evidence`` block.
+
+    ``7,719 events checked; a leak hitting more than 1 in 2,577 events would have shown
+    (95%)``. ``None`` for any other verdict (the block stays in ``summary.json``), and for a
+    summary without a well-formed block (one written before the block existed).
+    """
+    evidence = summary.get("evidence")
+    if summary.get("verdict") != "pass" or not isinstance(evidence, dict):
+        return None
+    checked, one_in = evidence.get("events_checked"), evidence.get("one_in")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in (checked, one_in)):
+        return None
+    return (
+        f"{checked:,} event{'s' if checked != 1 else ''} checked; a leak hitting more than "
+        f"1 in {one_in:,} event{'s' if one_in != 1 else ''} would have shown (95%)"
+    )
+
+
 def verdict_line(summary_path: Path) -> str:
     """The one line a run ends with: ``isoharness: <VERDICT> — N violation(s) — report: …``."""
     return summary_lines(summary_path)[-1]
 
 
 def summary_lines(summary_path: Path, *, max_violations: int = 5) -> list[str]:
-    """A few lines: verdict, counts, coverage, violations by kind, errors, report path.
+    """A few lines: verdict, counts, coverage, violations by kind, errors, what a PASS is
+    worth (:func:`evidence_sentence`), report path.
 
     The last line always starts ``isoharness: <VERDICT>`` and names the report.
     """
@@ -70,6 +90,9 @@ def summary_lines(summary_path: Path, *, max_violations: int = 5) -> list[str]:
             + ", ".join(f"{e.get('kind')} ×{e.get('count')}" for e in errors[:max_violations])
             + (" …" if len(errors) > max_violations else "")
         )
+    evidence = evidence_sentence(doc)
+    if evidence is not None:
+        lines.append(f"evidence: {evidence}")
     total = sum(by_kind.values()) if by_kind else 0
     lines.append(f"isoharness: {verdict} — {total} violation(s) — report: {_rel(shown)}")
     return lines
