@@ -39,6 +39,7 @@ FAULTS = [
     "error_echo",
     "message_id_cache",
     "undo_buffer",
+    "preview_leak",
 ]
 
 

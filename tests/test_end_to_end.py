@@ -99,6 +99,8 @@ PLANTED = [
     # frames, message ids several users share, deletes followed by reads.
     Planted("error_echo", "test_users_sending_at_once and 4", frozenset({"cross_delivery"})),
     Planted("message_id_cache", "test_users_reusing_message_ids", frozenset({"cross_delivery"})),
+    # Another user's canary, upper-cased and cut to 40 characters (MAC lost).
+    Planted("preview_leak", "test_users_sending_at_once and 4", frozenset({"cross_delivery"})),
     Planted(
         "undo_buffer",
         "test_sustained_mixed_load",

@@ -279,6 +279,26 @@ def test_error_echo_quotes_another_users_message_in_an_error(
 
 
 @faulty
+def test_preview_leak_shows_the_start_of_another_users_message_upper_cased(
+    services: Services, faulty: bool
+) -> None:
+    base = _base(services, "preview_leak", faulty)
+    first, second = User("t1", "tick-a"), User("t2", "tick-b")
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with open_ws(base, first) as a, open_ws(base, second) as b:
+            await a.send(user_message("a-1", "first's secret note"))
+            await b.send(user_message("b-1", "second's note"))
+            await collect(b, until_completed=["b-1"])
+            return await collect(a, until_completed=["a-1"])
+
+    thoughts = [
+        e["data"]["thought"] for e in asyncio.run(scenario()) if e["type"] == "agent_thinking"
+    ]
+    assert any("SECOND'S NOTE" in thought for thought in thoughts) == faulty
+
+
+@faulty
 def test_message_id_cache_replays_another_users_run_of_the_same_id(
     services: Services, faulty: bool
 ) -> None:

@@ -76,6 +76,8 @@ FAULTS: dict[str, str] = {
     "undo_buffer": "deleted values are kept for undo keyed by state key alone, and a read of "
     "a key that is not set falls back to them: after a delete, a user reads the value of "
     "whoever deleted that key last",
+    "preview_leak": "the thinking step shows a 'recent activity' ticker: the first 40 "
+    "characters of the latest message anyone sent, upper-cased",
     "noisy": "not a bug: heavy-tailed think time (runs finish out of order) and a bounded "
     "per-session cache (memory rises about 12 MiB over ~200 sessions, then plateaus)",
 }
@@ -83,7 +85,7 @@ FAULTS: dict[str, str] = {
 #: Groups of faults that replace the same part of the service.
 EXCLUSIVE: tuple[frozenset[str], ...] = (
     frozenset({"tenant_broadcast", "reconnect_registry"}),
-    frozenset({"singleton_emitter", "duplicate_event", "message_id_cache"}),
+    frozenset({"singleton_emitter", "duplicate_event", "message_id_cache", "preview_leak"}),
     frozenset({"lost_event", "out_of_order"}),
 )
 
@@ -471,6 +473,34 @@ class ContextErrorReporter(ErrorReporter):
         return f"{reason} (context: {self._context[:CONTEXT_CHARS]})"
 
 
+# -- preview_leak -----------------------------------------------------------------------------
+
+PREVIEW_CHARS = 40
+
+
+class TickerRunner(Runner):
+    """Thinks aloud with a "recent activity" ticker, as the product's sidebar shows it: the
+    beginning of the latest message the service accepted, upper-cased (meant to be the
+    user's own latest message, but kept in one process-wide field)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._latest = ""
+
+    def start(self, spec: RunSpec) -> asyncio.Task[None]:
+        self._latest = spec.content
+        return super().start(spec)
+
+    async def _run(self, spec: RunSpec) -> None:
+        for event in self._events(spec):
+            await asyncio.sleep(self._think.delay())
+            if event["type"] == "agent_thinking":
+                ticker = self._latest[:PREVIEW_CHARS].upper()
+                thought = f"{event['data']['thought']} (recent: {ticker}…)"
+                event = {**event, "data": {"thought": thought}}
+            self._publisher.publish(spec.owner, event)
+
+
 # -- message_id_cache -------------------------------------------------------------------------
 
 IDEMPOTENCY_ENTRIES = 10_000
@@ -644,6 +674,8 @@ def assemble(
         runner_class = HedgedRunner
     elif on("message_id_cache"):
         runner_class = IdempotentRunner
+    elif on("preview_leak"):
+        runner_class = TickerRunner
     runner = runner_class(publisher, think, metrics, rng)
 
     store = FlatStateStore() if on("state_key_missing_user") else StateStore()
