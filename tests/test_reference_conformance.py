@@ -746,14 +746,20 @@ def test_a_bad_command_line_is_one_line_and_exit_2(
     assert fragment in err
 
 
-def test_run_as_a_module_it_names_itself_python_m_harness_reference() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness.reference", "--jwt-secret", SECRET, "--think-ms", "5"],
+def _run_module(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m harness.reference ARGV`` as a process of its own, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "harness.reference", *argv],
+        env=env,
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
+
+
+def test_run_as_a_module_it_names_itself_python_m_harness_reference() -> None:
+    proc = _run_module("--jwt-secret", SECRET, "--think-ms", "5")
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr.splitlines() == [
@@ -764,14 +770,7 @@ def test_run_as_a_module_it_names_itself_python_m_harness_reference() -> None:
 
 def test_a_missing_secret_is_one_line_and_exit_2() -> None:
     env = {k: v for k, v in os.environ.items() if k != "AEP_JWT_SECRET"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness.reference", "--port", "0"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    proc = _run_module("--port", "0", env=env)
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr == (
