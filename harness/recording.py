@@ -58,6 +58,22 @@ class Sent(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class SentFrame:
+    """A frame a user sent as it is, not a message: one the target must refuse (AEP/1 §3).
+
+    No run is expected of it; it is recorded so that an error frame which quotes
+    it, to its sender or to someone else, can be read next to what was sent.
+    """
+
+    scenario: ScenarioId
+    sender: UserKey
+    connection: ConnectionId
+    mono: float
+    wall: float
+    raw: str
+
+
+@dataclass(frozen=True, slots=True)
 class Opened:
     """A connection was opened (handshake accepted)."""
 
@@ -133,7 +149,7 @@ class OutsideWrite:
     answer: str = ""
 
 
-Record = Received | Sent | Opened | Closed | HttpExchange | OutsideWrite
+Record = Received | Sent | SentFrame | Opened | Closed | HttpExchange | OutsideWrite
 
 
 class ReceivedBatch(NamedTuple):
@@ -200,7 +216,7 @@ def _clip(text: str) -> dict[str, Any]:
 
 
 def _connection_line(
-    kind: str, rec: Opened | Closed | OutsideWrite, user: UserKey
+    kind: str, rec: SentFrame | Opened | Closed | OutsideWrite, user: UserKey
 ) -> dict[str, Any]:
     """The fields every line about one connection starts with."""
     return {
@@ -244,6 +260,8 @@ def to_json(rec: Record) -> dict[str, Any]:
         if rec.binary:
             line["binary"] = True
         return line
+    if isinstance(rec, SentFrame):
+        return _connection_line("sent_frame", rec, rec.sender) | _clip(rec.raw)
     if isinstance(rec, Opened):
         return _connection_line("open", rec, rec.user) | {"reconnect": rec.reconnect}
     if isinstance(rec, Closed):

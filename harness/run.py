@@ -38,6 +38,7 @@ from harness.recording import (
     ReceivedBatch,
     Record,
     Sent,
+    SentFrame,
 )
 from harness.types import (
     ConnectionId,
@@ -359,6 +360,8 @@ class Run:
             elif rec.initiator != "client":
                 code = "" if rec.code is None else f" (code {rec.code})"
                 self.error("connection_closed_by_target", f"{rec.initiator}{code}: {rec.reason}")
+        elif isinstance(rec, SentFrame):
+            self.counts["bad_frames_sent"] += 1
         elif isinstance(rec, OutsideWrite):
             self.counts["outside_writes"] += 1
             self.add_findings(check_outside_write(rec, policy=self.policy, seed=self.seed))

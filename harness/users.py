@@ -21,7 +21,16 @@ from faker import Faker
 
 from harness.aep import AEP_CODEC, Event, Frame
 from harness.codec import Codec
-from harness.recording import Clock, Closed, Opened, Received, ReceivedBatch, RecordSink, Sent
+from harness.recording import (
+    Clock,
+    Closed,
+    Opened,
+    Received,
+    ReceivedBatch,
+    RecordSink,
+    Sent,
+    SentFrame,
+)
 from harness.transport.base import Channel, ChannelClosed
 from harness.types import ConnectionId, ScenarioId, TenantId, UserId, UserKey
 
@@ -263,10 +272,16 @@ class UserConnection:
     async def send_frame(self, text: str) -> None:
         """Send ``text`` as one frame, as it is: not a message, so no run is expected of it.
 
+        It is recorded first, as a :class:`~harness.recording.SentFrame`.
+
         Raises:
             ChannelClosed: the connection is closed; nothing is sent.
         """
         self._raise_if_closed()
+        clock = self._clock
+        self._sink.record(
+            SentFrame(self._scenario, self.user.key, self.id, clock.mono(), clock.wall(), text)
+        )
         await self._channel.send(text)
 
     def send_message_nowait(self, thread_id: str) -> PendingRun:

@@ -246,8 +246,15 @@ def test_the_error_reply_to_a_deliberate_bad_frame_is_expected_not_a_fault(scena
     assert harness.chat(users, messages=2, connections=1, bad_frames=True) == 12
     harness.verify()
     run = harness.run
-    assert run.counts["bad_frames_rejected"] == 6
+    assert run.counts["bad_frames_rejected"] == run.counts["bad_frames_sent"] == 6
     assert run.errors == {}
+    # What was sent is on record, next to the error frames that answered it.
+    run.log.flush()
+    lines = [orjson.loads(line) for line in run.log.path.read_bytes().splitlines()]
+    sent = [line for line in lines if line["k"] == "sent_frame"]
+    assert len(sent) == 6
+    canaries = {str(user.key): user.canary for user in users}
+    assert all(canaries[line["user"]] in line["raw"] for line in sent)
     assert run.runs_completed == 12
     assert harness.result.coverage["bad_frames_interleaved"] > 0
 
