@@ -8,6 +8,8 @@ that created none of a declared condition proves nothing about it: the run is
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections import Counter
 from collections.abc import Hashable, Iterable, Sequence
 
@@ -63,16 +65,32 @@ def count_overlapping(intervals: Sequence[tuple[Hashable, float, float]]) -> int
 def count_during(
     points: Iterable[tuple[Hashable, float]], intervals: Sequence[tuple[Hashable, float, float]]
 ) -> int:
-    """How many ``(owner, time)`` points fall inside an interval of another owner."""
+    """How many ``(owner, time)`` points fall inside an interval of another owner.
+
+    One pass over the intervals by start, keeping the latest end so far and the
+    latest of any other owner, then a binary search per point: a long mixed load
+    has thousands of both.
+    """
     ordered = sorted(intervals, key=lambda item: item[1])
+    starts = [start for _, start, _ in ordered]
+    # latest[i]: ((end, owner) latest among ordered[: i + 1], the latest end of another owner)
+    latest: list[tuple[tuple[float, Hashable], float]] = []
+    first: tuple[float, Hashable] = (-math.inf, None)
+    second = -math.inf
+    for owner, _, end in ordered:
+        if end > first[0]:
+            if owner != first[1]:
+                second = first[0]
+            first = (end, owner)
+        elif owner != first[1] and end > second:
+            second = end
+        latest.append((first, second))
     count = 0
     for owner, at in points:
-        for other, start, end in ordered:
-            if start >= at:
-                break
-            if other != owner and end > at:
-                count += 1
-                break
+        started = bisect.bisect_left(starts, at)  # the intervals that began before ``at``
+        if started:
+            (end, whose), other_end = latest[started - 1]
+            count += (end if whose != owner else other_end) > at
     return count
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 
 from harness.coverage import count_during, count_overlapping, missing, shared_identifiers
@@ -33,3 +34,15 @@ def test_missing_conditions():
     assert missing(["reconnects", "overlapping_runs"], Counter(overlapping_runs=3)) == [
         "reconnects"
     ]
+
+
+def test_count_during_is_the_count_of_points_inside_another_owners_interval():
+    rng = random.Random(7)
+    for _ in range(300):
+        runs = [
+            (rng.choice("abc"), s, s + rng.uniform(0, 3))
+            for s in (rng.uniform(0, 10) for _ in range(rng.randint(0, 12)))
+        ]
+        points = [(rng.choice("abc"), rng.uniform(-1, 12)) for _ in range(rng.randint(0, 8))]
+        inside = sum(any(o != who and s < at < e for o, s, e in runs) for who, at in points)
+        assert count_during(points, runs) == inside, (points, runs)
