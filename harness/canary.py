@@ -117,14 +117,8 @@ def decode_canary(run_key: bytes, text: str) -> tuple[str, UserKey | None] | Non
         return None
     if n == 0:
         return canary, None
-    split = 2 + head[1]
-    if split > len(head):
-        return None
-    try:
-        owner = UserKey(TenantId(head[2:split].decode()), UserId(head[split:].decode()))
-    except UnicodeDecodeError:
-        return None
-    return canary, owner
+    owner = _owner_in(head)
+    return None if owner is None else (canary, owner)
 
 
 def recased(text: str) -> bool:
@@ -146,7 +140,7 @@ def recased(text: str) -> bool:
 def _owner_in(blob: bytes) -> UserKey | None:
     """The owner a canary's decoded bytes carry in clear, if they hold all of it."""
     n = blob[0] if blob else 0
-    if n < 2 or n > 1 + MAX_OWNER_BYTES or len(blob) < 1 + n:
+    if n < 1 or n > 1 + MAX_OWNER_BYTES or len(blob) < 1 + n:
         return None
     split = 2 + blob[1]
     if split > 1 + n:

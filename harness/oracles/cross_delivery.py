@@ -26,9 +26,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from harness.aep import Event, Malformed, decode_json
-from harness.canary import CanaryBook, Mark, recased
+from harness.canary import CanaryBook, recased
 from harness.findings import Finding
-from harness.oracles.policy import permitted
+from harness.oracles.policy import permitted, permitted_any
 from harness.oracles.witness import clip, iso_time, locate
 from harness.recording import OutsideWrite, Received, ReceivedBatch
 from harness.types import DeliveryPolicy, TenantId, UserId, UserKey, ViolationKind
@@ -92,7 +92,7 @@ class CrossDeliveryOracle:
             owners[tag_owner] = {"signal": "owner tags", "field": "user_id/tenant_id"}
         for mark in self._canaries.marks(rec.raw):
             owner = mark.owners[0]
-            if owner in owners or not self._foreign_mark(mark, rec.receiver):
+            if owner in owners or permitted_any(self._policy, mark.owners, rec.receiver):
                 continue
             field = locate(parsed_obj(), mark.found) or "raw frame"
             owners[owner] = {"signal": mark.signal, "canary": mark.found, "field": field}
@@ -153,7 +153,7 @@ class CrossDeliveryOracle:
                             # An "iso" that does not start the receiver's canary.
                             pattern = "iso(?!" + re.escape(canary[len(CANARY_PREFIX) :]) + ")"
                             self._foreign[receiver] = re.compile(pattern).search
-                    elif self._foreign_mark(mark, receiver):
+                    elif not permitted_any(self._policy, mark.owners, receiver):
                         suspect = True
                         break
         if not suspect:
@@ -162,17 +162,6 @@ class CrossDeliveryOracle:
         for rec in batch.records():
             findings += self.check(rec)
         return findings
-
-    def _foreign_mark(self, mark: Mark, receiver: UserKey) -> bool:
-        """Whether ``mark`` proves ``receiver`` got data it may not see.
-
-        A cut canary that could be the receiver's own, or any user's the policy
-        lets the receiver see, proves nothing.
-        """
-        return all(
-            owner != receiver and not permitted(self._policy, owner, receiver)
-            for owner in mark.owners
-        )
 
     def _tag_owner(self, rec: Received, parsed_obj: Any) -> UserKey | None:
         frame = rec.frame

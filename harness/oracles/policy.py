@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from harness.types import DeliveryPolicy, UserKey
 
 
@@ -14,3 +16,13 @@ def permitted(policy: DeliveryPolicy, owner: UserKey, recipient: UserKey) -> boo
     if owner == recipient:
         return True
     return policy is DeliveryPolicy.SAME_TENANT and owner.tenant == recipient.tenant
+
+
+def permitted_any(policy: DeliveryPolicy, owners: Iterable[UserKey], recipient: UserKey) -> bool:
+    """Whether ``recipient`` may see data that belongs to any of ``owners``.
+
+    For data that names several possible owners (a canary cut too short to tell
+    them apart): it proves a leak only when none of them may be seen, the
+    recipient itself included.
+    """
+    return any(permitted(policy, owner, recipient) for owner in owners)

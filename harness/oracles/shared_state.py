@@ -20,7 +20,7 @@ from typing import Any
 
 from harness.canary import CanaryBook
 from harness.findings import Finding
-from harness.oracles.policy import permitted
+from harness.oracles.policy import permitted, permitted_any
 from harness.oracles.witness import clip, iso_time
 from harness.recording import HttpExchange
 from harness.types import DeliveryPolicy, ScenarioId, UserKey, ViolationKind
@@ -84,9 +84,7 @@ def check_exchange(
     reported: set[UserKey] = set()
     for mark in canaries.marks(ex.body):
         owner = mark.owners[0]
-        if owner in reported or any(
-            o == ex.user or permitted(policy, o, ex.user) for o in mark.owners
-        ):
+        if owner in reported or permitted_any(policy, mark.owners, ex.user):
             continue
         reported.add(owner)
         how: dict[str, Any] = {"canary": mark.found}
