@@ -50,16 +50,29 @@ def test_static_tokens_are_read_per_user(tmp_path):
         asyncio.run(static.token_for(UserKey(TenantId("acme"), UserId("carol"))))
 
 
+def tokens_refusal(path, text: str, *, claims: bool = False) -> str:
+    """The one line a tokens file holding ``text`` is refused with (set by --tokens-file);
+    ``claims``: refused by the AEP/1 claims check, after it was read."""
+    path.write_text(text)
+
+    def read() -> None:
+        static = StaticCredentials(path, source="--tokens-file")
+        if claims:
+            static.check_aep_claims()
+
+    with pytest.raises(ConfigError) as caught:
+        read()
+    return str(caught.value)
+
+
 def test_a_malformed_tokens_line_names_the_line_and_never_shows_it(tmp_path):
     path = tmp_path / "tokens.txt"
-    path.write_text("acme alice tok-a\nacme bob tok-b trailing\n")
-    with pytest.raises(ConfigError) as caught:
-        StaticCredentials(path, source="--tokens-file")
-    assert str(caught.value) == (
+    refusal = tokens_refusal(path, "acme alice tok-a\nacme bob tok-b trailing\n")
+    assert refusal == (
         f"invalid tokens_file '{path}' from --tokens-file: line 2 has 4 fields; "
         "each line must be '<tenant> <user> <token>'"
     )
-    assert "tok-" not in str(caught.value)
+    assert "tok-" not in refusal
 
 
 def test_a_login_hook_may_be_sync_or_async(tmp_path, monkeypatch):
@@ -128,26 +141,23 @@ def test_a_run_with_a_static_tokens_file_passes_a_correct_service(tmp_path):
 
 def test_a_tokens_file_giving_one_user_two_tokens_is_refused_naming_both_lines(tmp_path):
     path = tmp_path / "tokens.txt"
-    path.write_text("acme alice tok-a1\nacme bob tok-b\n# rotated\nacme alice tok-a2\n")
-    with pytest.raises(ConfigError) as caught:
-        StaticCredentials(path, source="--tokens-file")
-    assert str(caught.value) == (
+    text = "acme alice tok-a1\nacme bob tok-b\n# rotated\nacme alice tok-a2\n"
+    refusal = tokens_refusal(path, text)
+    assert refusal == (
         f"invalid tokens_file '{path}' from --tokens-file: lines 1 and 4 both give a token "
         "for acme/alice; keep one line per user"
     )
-    assert "tok-" not in str(caught.value)
+    assert "tok-" not in refusal
 
 
 def test_a_token_no_http_header_can_carry_is_refused_without_showing_it(tmp_path):
     path = tmp_path / "tokens.txt"
-    path.write_text("acme alice tok-a\nacme bob tok-b\x7fX-Evil\n")
-    with pytest.raises(ConfigError) as caught:
-        StaticCredentials(path, source="--tokens-file")
-    assert str(caught.value) == (
+    refusal = tokens_refusal(path, "acme alice tok-a\nacme bob tok-b\x7fX-Evil\n")
+    assert refusal == (
         f"invalid tokens_file '{path}' from --tokens-file: the token on line 2 has a "
         "character an HTTP header cannot carry (U+007F at position 5); write the token alone"
     )
-    assert "tok-" not in str(caught.value)
+    assert "tok-" not in refusal
 
 
 def _jwt(**claims):
@@ -157,15 +167,13 @@ def _jwt(**claims):
 def test_a_jwt_whose_claims_name_another_user_is_refused_naming_both(tmp_path):
     path = tmp_path / "tokens.txt"
     bob = _jwt(sub="bob", tenant="acme")
-    path.write_text(f"acme alice {_jwt(sub='alice', tenant='acme')}\nacme carol {bob}\n")
-    static = StaticCredentials(path, source="--tokens-file")
-    with pytest.raises(ConfigError) as caught:
-        static.check_aep_claims()
-    assert str(caught.value) == (
+    text = f"acme alice {_jwt(sub='alice', tenant='acme')}\nacme carol {bob}\n"
+    refusal = tokens_refusal(path, text, claims=True)
+    assert refusal == (
         f"invalid tokens_file '{path}' from --tokens-file: the token on line 2 is acme/bob's "
         "(its sub and tenant claims), not acme/carol's; put each token on its own user's line"
     )
-    assert bob not in str(caught.value)
+    assert bob not in refusal
 
 
 def test_a_jwt_of_the_same_user_in_another_tenant_is_refused(tmp_path):
